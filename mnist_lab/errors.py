@@ -1,0 +1,15 @@
+"""Errors the user can fix: each prints as one line naming the key and what is allowed."""
+
+
+class LabError(Exception):
+    """Base for mistakes in input (config values, data files) rather than bugs."""
+
+
+class ConfigError(LabError):
+    def __init__(self, key: str, value, allowed: str):
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        self.key = key
+
+
+class DataError(LabError):
+    """The MNIST files are missing, truncated or do not match their checksums."""

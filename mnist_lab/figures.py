@@ -1,0 +1,72 @@
+"""Pictures the write-ups show: test digits with true/predicted labels, and a confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mnist_lab.data import MnistTensors  # noqa: E402
+from mnist_lab.models import N_CLASSES  # noqa: E402
+
+
+@torch.no_grad()
+def predictions(model, data: MnistTensors, batch: int = 10_000) -> torch.Tensor:
+    model.eval()
+    preds = torch.cat(
+        [model(data.test_x[s : s + batch]).argmax(1) for s in range(0, len(data.test_y), batch)]
+    )
+    model.train()
+    return preds.cpu()
+
+
+def confusion_matrix(truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """counts[t, p]: test images of digit t predicted as p."""
+    flat = truth.long() * N_CLASSES + pred.long()
+    return torch.bincount(flat, minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
+
+
+def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int = 32) -> None:
+    """The first n test images, titled `true→pred`; misclassified ones in red."""
+    truth = data.test_y.cpu()
+    images = data.test_x[:n].cpu().reshape(-1, 28, 28)
+    cols = 8
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(cols * 1.2, n / cols * 1.4))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap="gray")
+        wrong = bool(pred[i] != truth[i])
+        ax.set_title(f"{truth[i]}→{pred[i]}", color="red" if wrong else "black", fontsize=9)
+    fig.suptitle("test images: true→predicted (red: misclassified)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_confusion(counts: torch.Tensor, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(counts, cmap="Blues")
+    for t in range(N_CLASSES):
+        for p in range(N_CLASSES):
+            value = int(counts[t, p])
+            color = "white" if value > counts.max() / 2 else "black"
+            ax.text(p, t, value, ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(N_CLASSES), yticks=range(N_CLASSES))
+    accuracy = counts.diag().sum().item() / counts.sum().item()
+    ax.set_title(f"confusion matrix (test accuracy {accuracy:.2%})")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_figures(model, data: MnistTensors, run_dir: Path) -> None:
+    pred = predictions(model, data)
+    save_sample_grid(data, pred, Path(run_dir) / "samples.png")
+    save_confusion(confusion_matrix(data.test_y.cpu(), pred), Path(run_dir) / "confusion.png")

@@ -1,0 +1,115 @@
+"""A run's record: metrics.csv (a row per epoch) and result.json, always written whole.
+
+Every write goes to a temp file in the same directory and is then renamed over the target, so a
+crash or a reader racing the writer never sees half a file. The record is rewritten after every
+epoch, so a run killed mid-way still leaves everything it measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+METRICS_COLUMNS = (
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "seconds",
+)
+SCHEMA_VERSION = 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(value):
+    """JSON has no NaN: unmeasured or non-finite metrics become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """Collects epoch rows and run facts; `save()` rewrites both files from them."""
+
+    def __init__(self, run_dir: Path, facts: dict):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        self.facts = {"schema_version": SCHEMA_VERSION, "status": "running", "reason": None}
+        self.facts.update(facts)
+        self.facts["started_at"] = _now()
+
+    def add_epoch(self, epoch: int, row: dict) -> None:
+        self.rows.append(row)
+        self.save()
+
+    def summary(self) -> dict:
+        trained = [r for r in self.rows if r["epoch"] > 0]
+        initial = self.rows[0] if self.rows else {}
+        final = trained[-1] if trained else {}
+        with_val = [r for r in trained if math.isfinite(r.get("val/acc", math.nan))]
+        best = max(with_val, key=lambda r: r["val/acc"]) if with_val else final
+        seconds = [r["seconds"] for r in trained]
+        return {
+            "epochs_run": len(trained),
+            "initial": {
+                k: initial.get(k) for k in ("val/loss", "val/acc", "test/loss", "test/acc")
+            },
+            "final": {k: final.get(k) for k in METRICS_COLUMNS[1:7]},
+            "best": {
+                "epoch": best.get("epoch"),
+                "val/acc": best.get("val/acc"),
+                "test/acc": best.get("test/acc"),
+            },
+            "train_seconds": sum(seconds),
+            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        }
+
+    def save(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(
+            {k: ("" if _clean(v) is None else v) for k, v in r.items()} for r in self.rows
+        )
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+        result = {**self.facts, **self.summary()}
+        atomic_write_text(self.run_dir / "result.json", json.dumps(_clean(result), indent=2) + "\n")
+
+    def finish(self, status: str, reason: str | None = None, **facts) -> None:
+        self.facts.update(status=status, reason=reason, finished_at=_now(), **facts)
+        self.save()

@@ -1,0 +1,157 @@
+"""The Hydra task: composed config in, trained model and run record out, validation accuracy back.
+
+Failure policy (see docs/ARCHITECTURE.md): every run leaves a record. In a single run a bad value
+ends the process with one line naming the key; in a multirun the job is recorded `failed` (or
+`diverged`) and returns NaN, so the other jobs of the sweep still run and the sweeper sees a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab import pruning
+from mnist_lab.data import load_mnist
+from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.models import build_model, count_parameters
+from mnist_lab.records import RunRecord
+from mnist_lab.schedule import lr_table
+from mnist_lab.trainer import (
+    Diverged,
+    Trainer,
+    TrainSettings,
+    autograd_learner,
+    batch_plan,
+    scratch_learner,
+)
+from mnist_lab.validate import check_config, resolve_device, switch
+
+log = logging.getLogger(__name__)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _is_pruned(error: BaseException) -> bool:
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
+
+
+def _set_determinism(seed: int, deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.manual_seed(seed)
+
+
+def build_learner(cfg: DictConfig, model, steps_per_epoch: int):
+    lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
+    if cfg.model.name.value == "scratch":
+        return scratch_learner(model, lrs)
+    try:
+        optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    except Exception as e:  # torch.optim refuses unknown or out-of-range settings
+        cause = e.__cause__ or e
+        raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
+    return autograd_learner(model, optimizer, cfg.model.head.value, lrs)
+
+
+def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
+    """Validate, load, build, fit; returns the final validation accuracy."""
+    check_config(cfg)
+    device = resolve_device(cfg.trainer.device)
+    _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
+    data = load_mnist(cfg.data, device)
+    model = build_model(cfg.model, device)
+    progress = switch("trainer.progress", cfg.trainer.progress)
+    settings = TrainSettings(
+        epochs=cfg.trainer.epochs,
+        batch_size=cfg.data.batch_size,
+        shuffle=cfg.data.shuffle,
+        drop_last=cfg.data.drop_last,
+        seed=cfg.trainer.seed,
+        eval_batch_size=cfg.data.eval_batch_size,
+        eval_every_epoch=cfg.trainer.eval_every_epoch,
+        log_interval=cfg.trainer.log_interval,
+        progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
+    )
+    steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
+    learner = build_learner(cfg, model, steps)
+    record.facts.update(
+        param_count=count_parameters(model),
+        device=str(device),
+        device_name=_device_name(device),
+        n_train=data.n_train,
+        n_val=len(data.val_y),
+    )
+    hooks = [record.add_epoch]
+    reporter = pruning.epoch_reporter()
+    if reporter is not None:
+        hooks.append(reporter)
+    Trainer(learner, data, settings).fit(hooks)
+    figures = switch("trainer.save_figures", cfg.trainer.save_figures)
+    if figures is True or (figures == "auto" and not multirun):
+        from mnist_lab.figures import save_figures
+
+        save_figures(model, data, record.run_dir)
+    return record.summary()["final"]["val/acc"]
+
+
+def run_task(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    record = RunRecord(
+        run_dir,
+        {
+            "run_dir": str(run_dir),
+            "job": {
+                "name": hydra_cfg.job.name,
+                "num": hydra_cfg.job.get("num") if multirun else None,
+                "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
+                "multirun": multirun,
+            },
+            "trial": pruning.trial_identity(),
+            "overrides": list(hydra_cfg.overrides.task),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "torch_version": torch.__version__,
+        },
+    )
+    started = time.perf_counter()
+    try:
+        value = train(cfg, record, multirun)
+    except Diverged as e:
+        record.finish("diverged", str(e), wall_seconds=time.perf_counter() - started)
+        log.error("run diverged: %s (record in %s)", e, run_dir)
+        return math.nan
+    except BaseException as e:
+        reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
+        status = "pruned" if _is_pruned(e) else "failed"
+        record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        if status == "pruned" or isinstance(e, KeyboardInterrupt):
+            raise
+        if multirun:
+            log.error("job failed: %s (record in %s)", reason, run_dir)
+            if not isinstance(e, LabError):
+                log.debug("traceback", exc_info=True)
+            return math.nan
+        if isinstance(e, LabError):
+            log.error("%s", reason)
+            raise SystemExit(2) from None
+        raise
+    record.finish("completed", wall_seconds=time.perf_counter() - started)
+    return value

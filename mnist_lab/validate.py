@@ -1,0 +1,92 @@
+"""Checks of values that types alone cannot refuse, run before any data is loaded or step taken."""
+
+from __future__ import annotations
+
+import torch
+
+from mnist_lab.data import TRAIN_SIZE
+from mnist_lab.errors import ConfigError
+
+SWITCH = {"auto": "auto", "on": True, "true": True, "off": False, "false": False}
+
+
+def switch(key: str, value) -> str | bool:
+    """`auto`, or True/False from on/off/true/false (Hydra may hand a bool)."""
+    word = str(value).lower()
+    if word not in SWITCH:
+        raise ConfigError(key, value, "one of auto, on, off")
+    return SWITCH[word]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
+    allowed = "auto, cpu, cuda, cuda:N, mps"
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise ConfigError("trainer.device", spec, f"one of {allowed}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.device", spec, "no CUDA device on this machine; use auto or cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                "trainer.device",
+                spec,
+                f"this machine has {torch.cuda.device_count()} CUDA device(s)",
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", spec, "MPS is not available here; use auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("trainer.device", spec, f"one of {allowed}")
+    return device
+
+
+def _positive(key: str, value) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(key, value, "must be > 0")
+
+
+def check_config(cfg) -> None:
+    """Refuse out-of-range values with the key named; types were already checked by the schema."""
+    model, data, trainer = cfg.model, cfg.data, cfg.trainer
+    if not model.hidden_sizes:
+        raise ConfigError("model.hidden_sizes", list(model.hidden_sizes), "at least one layer")
+    for i, size in enumerate(model.hidden_sizes):
+        _positive(f"model.hidden_sizes[{i}]", size)
+    if not 0.0 <= model.dropout < 1.0:
+        raise ConfigError("model.dropout", model.dropout, "must be in [0, 1)")
+    _positive("model.init_std", model.init_std)
+    if not 0.0 <= model.prob_floor < 0.1:
+        raise ConfigError("model.prob_floor", model.prob_floor, "must be in [0, 0.1)")
+    if model.name.value == "scratch" and (model.dropout > 0 or model.batch_norm):
+        raise ConfigError("model.name", "scratch", "has no dropout or batch norm; set them off")
+    lr = cfg.optimizer.get("lr") if hasattr(cfg.optimizer, "get") else None
+    _positive("optimizer.lr", lr)
+    _positive("trainer.epochs", trainer.epochs)
+    if trainer.log_interval < 0:
+        raise ConfigError("trainer.log_interval", trainer.log_interval, "must be >= 0")
+    for key in ("progress", "cuda_graph", "save_figures"):
+        switch(f"trainer.{key}", trainer[key])
+    if not 0 <= data.val_size < TRAIN_SIZE:
+        raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
+    available = TRAIN_SIZE - data.val_size
+    if data.train_subset is not None and not 0 < data.train_subset <= available:
+        raise ConfigError("data.train_subset", data.train_subset, f"must be in [1, {available}]")
+    n_train = data.train_subset or available
+    if not 0 < data.batch_size <= n_train:
+        raise ConfigError(
+            "batch_size", data.batch_size, f"must be in [1, {n_train}] (the training split's size)"
+        )
+    _positive("data.eval_batch_size", data.eval_batch_size)
+    if model.name.value == "scratch" and cfg.optimizer.get("_target_") != "torch.optim.SGD":
+        raise ConfigError(
+            "optimizer", cfg.optimizer.get("_target_"), "model=scratch updates with plain SGD only"
+        )
