@@ -64,7 +64,7 @@ def _unpack(root: Path, raw_dir: Path) -> None:
         if f"{name}.gz" in expected and _sha256(gz) != expected[f"{name}.gz"]:
             raise DataError(
                 f"{gz}: checksum mismatch with {root / MANIFEST} (corrupt or truncated); "
-                f"restore it (git checkout -- {gz.name}) or delete the folder's .gz files to download"
+                f"restore it (git checkout -- {gz.name}) or delete the .gz files to download them"
             )
         if target.is_file() and target.stat().st_size == size:
             continue
@@ -137,7 +137,7 @@ def _normalised(root: str, cache_dir: str, normalize: str, device: str):
 
 
 def split_indices(val_size: int, split_seed: int, train_subset: int | None):
-    """Fixed validation split of the 60,000 training images (CPU generator: same on every device)."""
+    """Fixed validation split of the 60,000 training images (CPU generator: same on any device)."""
     perm = torch.randperm(TRAIN_SIZE, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     if train_subset is not None:

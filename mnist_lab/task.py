@@ -2,7 +2,7 @@
 
 Failure policy (see docs/ARCHITECTURE.md): every run leaves a record. In a single run a bad value
 ends the process with one line naming the key; in a multirun the job is recorded `failed` (or
-`diverged`) and returns NaN, so the other jobs of the sweep still run and the sweeper sees a failure.
+`diverged`) and returns NaN, so the other jobs of the sweep still run and a sweeper sees a failure.
 """
 
 from __future__ import annotations
