@@ -28,12 +28,12 @@ from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
 from mnist_lab.trainer import (
+    AutogradLearner,
     Diverged,
+    ScratchLearner,
     Trainer,
     TrainSettings,
-    autograd_learner,
     batch_plan,
-    scratch_learner,
 )
 from mnist_lab.validate import check_config, resolve_device, switch
 
@@ -58,16 +58,36 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
 
 
-def build_learner(cfg: DictConfig, model, steps_per_epoch: int):
+def _graph_epoch(cfg: DictConfig, learner, data, device: torch.device):
+    """The CUDA-graph epoch runner when the device and the setting allow it, else None."""
+    mode = switch("trainer.cuda_graph", cfg.trainer.cuda_graph)
+    if mode is False:
+        return None
+    if device.type != "cuda":
+        if mode is True:
+            log.warning("trainer.cuda_graph=on needs a CUDA device; training eagerly on %s", device)
+        return None
+    from mnist_lab.cuda_graph import GraphEpoch
+
+    return GraphEpoch(
+        learner, data.train_x, data.train_y, cfg.data.batch_size, cfg.trainer.log_interval
+    )
+
+
+def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.device):
     lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
     if cfg.model.name.value == "scratch":
-        return scratch_learner(model, lrs)
+        return ScratchLearner(model, lrs)
     try:
         optimizer = instantiate(cfg.optimizer, params=model.parameters())
     except Exception as e:  # torch.optim refuses unknown or out-of-range settings
         cause = e.__cause__ or e
         raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
-    return autograd_learner(model, optimizer, cfg.model.head.value, lrs)
+    if device.type == "cuda" and switch("trainer.cuda_graph", cfg.trainer.cuda_graph) is not False:
+        from mnist_lab.cuda_graph import prepare_optimizer
+
+        prepare_optimizer(optimizer)
+    return AutogradLearner(model, optimizer, cfg.model.head.value, lrs)
 
 
 def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
@@ -90,7 +110,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
     )
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
-    learner = build_learner(cfg, model, steps)
+    learner = build_learner(cfg, model, steps, device)
     record.facts.update(
         param_count=count_parameters(model),
         device=str(device),
@@ -102,7 +122,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     reporter = pruning.epoch_reporter()
     if reporter is not None:
         hooks.append(reporter)
-    Trainer(learner, data, settings).fit(hooks)
+    Trainer(learner, data, settings, _graph_epoch(cfg, learner, data, device)).fit(hooks)
     figures = switch("trainer.save_figures", cfg.trainer.save_figures)
     if figures is True or (figures == "auto" and not multirun):
         from mnist_lab.figures import save_figures

@@ -1,9 +1,9 @@
 """The training loop: one step function, batches cut by index, metrics kept on the device.
 
-A step is `step(x, y, lr_index) -> (loss_sum, n_correct)` as device tensors. Metrics are summed on
-the device and read once per epoch, so the loop has no host-device synchronisation between steps
-(unless `log_interval` asks for it). `mnist_lab.fast_step` builds a CUDA-graph version of the same
-step; this module runs whichever step it is handed.
+Metrics are summed on the device and read once per epoch, so the loop has no host-device
+synchronisation between steps (unless `log_interval` asks for it). On CUDA the epoch runs through
+`mnist_lab.cuda_graph` (the same step captured once and replayed); elsewhere, or when the step
+cannot be captured, through `eager_epoch`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,42 +29,80 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-@dataclass
 class Learner:
-    """What the loop needs from a model: a step, an evaluation loss, and the per-step rates."""
+    """What the loop needs from a model: a step, a settable rate, and an evaluation loss.
 
-    model: object
-    step: Callable  # (x, y, step_index) -> (loss_sum, n_correct) device tensors
-    eval_loss: Callable  # (output, y) -> summed loss tensor
-    lrs: list[float] = field(default_factory=list)
+    `step(x, y)` returns (summed loss, number correct) as device tensors. The rate may be a float
+    or a 0-dim device tensor (the CUDA-graph path updates that tensor between replays).
+    """
+
+    def __init__(self, model, lrs: list[float]):
+        self.model = model
+        self.lrs = lrs
+        self.lr = lrs[0]
+
+    def set_lr(self, lr) -> None:
+        self.lr = lr
+
+    def step(self, x, y):
+        raise NotImplementedError
+
+    def eval_loss(self, out, y):
+        return F.cross_entropy(out, y, reduction="sum")
 
 
-def autograd_learner(model, optimizer, head: str, lrs: list[float]) -> Learner:
-    loss_fn = F.nll_loss if head == "log_softmax" else F.cross_entropy
-    constant_lr = len(set(lrs)) <= 1
+class AutogradLearner(Learner):
+    """torch.nn model + torch.optim optimizer: forward, loss, backward, step."""
 
-    def step(x, y, i):
-        if not constant_lr:
-            for group in optimizer.param_groups:
-                group["lr"] = lrs[i]
-        out = model(x)
-        loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, model, optimizer, head: str, lrs: list[float]):
+        super().__init__(model, lrs)
+        self.optimizer = optimizer
+        self.loss_fn = F.nll_loss if head == "log_softmax" else F.cross_entropy
+
+    def set_lr(self, lr) -> None:
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, x, y):
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         return loss.detach() * y.numel(), (out.argmax(1) == y).sum()
 
-    return Learner(model, step, lambda out, y: loss_fn(out, y, reduction="sum"), lrs)
+    def eval_loss(self, out, y):
+        return self.loss_fn(out, y, reduction="sum")
 
 
-def scratch_learner(model, lrs: list[float]) -> Learner:
-    def step(x, y, i):
-        logits = model.forward(x)
-        loss = model.loss_and_backward(logits, y)
-        model.sgd_step(lrs[i])
+class ScratchLearner(Learner):
+    """The hand-written MLP: its own backward and in-place SGD update, no autograd."""
+
+    def step(self, x, y):
+        logits = self.model.forward(x)
+        loss = self.model.loss_and_backward(logits, y)
+        self.model.sgd_step(self.lr)
         return loss * y.numel(), (logits.argmax(1) == y).sum()
 
-    return Learner(model, step, lambda out, y: F.cross_entropy(out, y, reduction="sum"), lrs)
+
+def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_interval=0, bar=None):
+    """One epoch of eager steps; returns (summed loss, number correct) as device tensors."""
+    constant_lr = len(set(learner.lrs)) <= 1
+    loss_sum = torch.zeros((), device=x_all.device)
+    correct = torch.zeros((), device=x_all.device, dtype=torch.long)
+    for i, (start, end) in enumerate(plan):
+        if not constant_lr:
+            learner.set_lr(learner.lrs[first_step + i])
+        idx = order[start:end]
+        loss, right = learner.step(x_all[idx], y_all[idx])
+        loss_sum += loss
+        correct += right
+        if log_interval and (i + 1) % log_interval == 0:
+            log.info("batch %d/%d loss %.4f", i + 1, len(plan), loss.item() / len(idx))
+        if bar is not None:
+            bar.update()
+    return loss_sum, correct
 
 
 @torch.no_grad()
@@ -105,10 +143,11 @@ class TrainSettings:
 
 
 class Trainer:
-    def __init__(self, learner: Learner, data: MnistTensors, settings: TrainSettings):
+    def __init__(self, learner: Learner, data: MnistTensors, settings: TrainSettings, graph=None):
         self.learner = learner
         self.data = data
         self.s = settings
+        self.graph = graph  # a mnist_lab.cuda_graph.GraphEpoch, or None for eager steps
         self.plan = batch_plan(data.n_train, settings.batch_size, settings.drop_last)
         self._order = torch.Generator().manual_seed(settings.seed)
 
@@ -137,28 +176,16 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         d, plan = self.data, self.plan
         order = self._epoch_order()
-        device = d.train_x.device
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
         first = (epoch - 1) * len(plan)
-        bar = _progress(len(plan), epoch, self.s.progress)
-        for i, (start, end) in enumerate(plan):
-            idx = order[start:end]
-            loss, right = self.learner.step(d.train_x[idx], d.train_y[idx], first + i)
-            loss_sum += loss
-            correct += right
-            if self.s.log_interval and (i + 1) % self.s.log_interval == 0:
-                log.info(
-                    "epoch %d batch %d/%d loss %.4f",
-                    epoch,
-                    i + 1,
-                    len(plan),
-                    loss.item() / len(idx),
-                )
+        if self.graph is not None:
+            loss_sum, correct = self.graph.run_epoch(order, plan, first)
+        else:
+            bar = _progress(len(plan), epoch, self.s.progress)
+            loss_sum, correct = eager_epoch(
+                self.learner, d.train_x, d.train_y, order, plan, first, self.s.log_interval, bar
+            )
             if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
+                bar.close()
         seen = plan[-1][1]
         return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen}
 

@@ -1,0 +1,158 @@
+"""Seconds per training epoch of the tutorial recipe, harness against the tutorials' own code.
+
+Recipe (seed 000): 784-128-10 ReLU, cross-entropy, SGD lr 0.01, batch 32, shuffled, inputs normalised
+with 0.1307/0.3081, all 60,000 training images (no validation split, so both sides do the same work).
+
+  baseline   torchvision MNIST + ToTensor/Normalize/flatten transforms + DataLoader, the loop
+             written the way the write-ups in shared/seeds write it (loss.item() every step)
+  eager      the harness: resident normalised tensors, batches cut by index, eager steps
+  graph      the harness on CUDA: the same step captured as a CUDA graph (trainer.cuda_graph=auto)
+  graph+fused  the same with torch.optim.SGD(fused=True)
+
+Usage: python benchmarks/epoch_speed.py [--epochs 3] [--device auto] [--baseline-batches N]
+Prints one table row per variant: first epoch, steady epoch (median of the others), and the ratio
+of the baseline's steady epoch to the variant's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+import mnist_lab.config  # noqa: F401  (registers the schema)
+from mnist_lab.config import REPO_ROOT
+from mnist_lab.data import load_mnist, load_raw
+from mnist_lab.models import build_model
+from mnist_lab.task import _graph_epoch, build_learner
+from mnist_lab.trainer import Trainer, TrainSettings, batch_plan
+from mnist_lab.validate import resolve_device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) -> list[float]:
+    """The tutorial loop; with max_batches, the time of that many batches scaled to an epoch."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    load_raw(str(REPO_ROOT / "data/mnist"), str(REPO_ROOT / "data/mnist"))  # unpack once
+    transform = transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Normalize((0.1307,), (0.3081,)),
+            transforms.Lambda(lambda x: x.view(-1)),
+        ]
+    )
+    train = datasets.MNIST(str(REPO_ROOT / "data/mnist"), train=True, transform=transform)
+    loader = DataLoader(train, batch_size=32, shuffle=True)
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    times = []
+    for _ in range(epochs):
+        _sync(device)
+        start = time.perf_counter()
+        running_loss = 0.0
+        for i, (images, labels) in enumerate(loader):
+            if max_batches is not None and i == max_batches:
+                break
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if max_batches is not None:
+            elapsed *= len(loader) / min(max_batches, len(loader))
+        times.append(elapsed)
+    return times
+
+
+def harness_epochs(
+    device_spec: str, epochs: int, graph: str, fused: bool
+) -> tuple[list[float], str]:
+    overrides = [
+        f"trainer.device={device_spec}",
+        f"trainer.cuda_graph={graph}",
+        "data.val_size=0",
+        f"epochs={epochs}",
+    ]
+    if fused:
+        overrides.append("+optimizer.fused=true")
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    device = resolve_device(cfg.trainer.device)
+    torch.manual_seed(0)
+    data = load_mnist(cfg.data, device)
+    model = build_model(cfg.model, device)
+    steps = len(batch_plan(data.n_train, cfg.data.batch_size, cfg.data.drop_last))
+    learner = build_learner(cfg, model, steps, device)
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        drop_last=False,
+        seed=0,
+        eval_batch_size=cfg.data.eval_batch_size,
+    )
+    runner = _graph_epoch(cfg, learner, data, device)
+    trainer = Trainer(learner, data, settings, runner)
+    times, last = [], {}
+    for epoch in range(1, epochs + 1):
+        _sync(device)
+        start = time.perf_counter()
+        last = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
+        times.append(time.perf_counter() - start)
+    note = f"train/acc {last['train/acc']:.4f}"
+    if runner is not None and runner.failed:
+        note += f"; capture failed: {runner.failed}"
+    return times, note
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--baseline-batches",
+        type=int,
+        default=None,
+        help="time only this many baseline batches per epoch and scale up (saves time on CPU)",
+    )
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+
+    rows = [("baseline", baseline_epochs(device, args.epochs, args.baseline_batches), "")]
+    rows.append(("eager", *harness_epochs(args.device, args.epochs, "off", False)))
+    if device.type == "cuda":
+        rows.append(("graph", *harness_epochs(args.device, args.epochs, "auto", False)))
+        rows.append(("graph+fused", *harness_epochs(args.device, args.epochs, "auto", True)))
+
+    def steady(times: list[float]) -> float:
+        return statistics.median(times[1:]) if len(times) > 1 else times[0]
+
+    base = steady(rows[0][1])
+    print("\n| variant | first epoch s | steady epoch s | speed-up vs baseline | note |")
+    print("|---|---|---|---|---|")
+    for label, times, note in rows:
+        print(
+            f"| {label} | {times[0]:.3f} | {steady(times):.3f} | {base / steady(times):.1f}x | {note} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
