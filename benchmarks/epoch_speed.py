@@ -26,10 +26,8 @@ from torch import nn
 
 import mnist_lab.config  # noqa: F401  (registers the schema)
 from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import load_mnist, load_raw
-from mnist_lab.models import build_model
-from mnist_lab.task import _graph_epoch, build_learner
-from mnist_lab.trainer import Trainer, TrainSettings, batch_plan
+from mnist_lab.data import load_raw
+from mnist_lab.task import build_trainer
 from mnist_lab.validate import resolve_device
 
 
@@ -91,22 +89,8 @@ def harness_epochs(
         overrides.append("+optimizer.fused=true")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    device = resolve_device(cfg.trainer.device)
-    torch.manual_seed(0)
-    data = load_mnist(cfg.data, device)
-    model = build_model(cfg.model, device)
-    steps = len(batch_plan(data.n_train, cfg.data.batch_size, cfg.data.drop_last))
-    learner = build_learner(cfg, model, steps, device)
-    settings = TrainSettings(
-        epochs=epochs,
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        drop_last=False,
-        seed=0,
-        eval_batch_size=cfg.data.eval_batch_size,
-    )
-    runner = _graph_epoch(cfg, learner, data, device)
-    trainer = Trainer(learner, data, settings, runner)
+    trainer = build_trainer(cfg)
+    device, runner = trainer.data.train_x.device, trainer.graph
     times, last = [], {}
     for epoch in range(1, epochs + 1):
         _sync(device)

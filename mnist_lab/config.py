@@ -50,6 +50,12 @@ class Head(str, Enum):
     log_softmax = "log_softmax"
 
 
+class MatmulPrecision(str, Enum):
+    highest = "highest"
+    high = "high"
+    medium = "medium"
+
+
 class SchedulerName(str, Enum):
     none = "none"
     cosine = "cosine"
@@ -106,6 +112,7 @@ class TrainerConfig:
     log_interval: int = MISSING
     progress: str = MISSING  # auto | on | off (checked in mnist_lab.validate)
     cuda_graph: str = MISSING
+    matmul_precision: MatmulPrecision = MISSING
     save_figures: str = MISSING
 
 

@@ -90,11 +90,12 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.de
     return AutogradLearner(model, optimizer, cfg.model.head.value, lrs)
 
 
-def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
-    """Validate, load, build, fit; returns the final validation accuracy."""
+def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
+    """Validate the config, load the data, build model, learner and (on CUDA) the graph runner."""
     check_config(cfg)
     device = resolve_device(cfg.trainer.device)
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
+    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
     data = load_mnist(cfg.data, device)
     model = build_model(cfg.model, device)
     progress = switch("trainer.progress", cfg.trainer.progress)
@@ -111,10 +112,17 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     )
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
     learner = build_learner(cfg, model, steps, device)
+    return Trainer(learner, data, settings, _graph_epoch(cfg, learner, data, device))
+
+
+def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
+    """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
+    trainer = build_trainer(cfg, multirun)
+    model, data = trainer.learner.model, trainer.data
     record.facts.update(
         param_count=count_parameters(model),
-        device=str(device),
-        device_name=_device_name(device),
+        device=str(data.train_x.device),
+        device_name=_device_name(data.train_x.device),
         n_train=data.n_train,
         n_val=len(data.val_y),
     )
@@ -122,7 +130,9 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     reporter = pruning.epoch_reporter()
     if reporter is not None:
         hooks.append(reporter)
-    Trainer(learner, data, settings, _graph_epoch(cfg, learner, data, device)).fit(hooks)
+    trainer.fit(hooks)
+    if trainer.graph is not None:
+        record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = switch("trainer.save_figures", cfg.trainer.save_figures)
     if figures is True or (figures == "auto" and not multirun):
         from mnist_lab.figures import save_figures
@@ -157,6 +167,8 @@ def run_task(cfg: DictConfig) -> float:
     except Diverged as e:
         record.finish("diverged", str(e), wall_seconds=time.perf_counter() - started)
         log.error("run diverged: %s (record in %s)", e, run_dir)
+        if not multirun:  # docs/ARCHITECTURE.md: a single run that diverges exits non-zero
+            raise SystemExit(3) from None
         return math.nan
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"

@@ -32,7 +32,7 @@ class Diverged(Exception):
 class Learner:
     """What the loop needs from a model: a step, a settable rate, and an evaluation loss.
 
-    `step(x, y)` returns (summed loss, number correct) as device tensors. The rate may be a float
+    `step(x, y)` returns (mean loss, predicted classes) as device tensors. The rate may be a float
     or a 0-dim device tensor (the CUDA-graph path updates that tensor between replays).
     """
 
@@ -70,7 +70,7 @@ class AutogradLearner(Learner):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach() * y.numel(), (out.argmax(1) == y).sum()
+        return loss.detach(), out.argmax(1)
 
     def eval_loss(self, out, y):
         return self.loss_fn(out, y, reduction="sum")
@@ -83,7 +83,7 @@ class ScratchLearner(Learner):
         logits = self.model.forward(x)
         loss = self.model.loss_and_backward(logits, y)
         self.model.sgd_step(self.lr)
-        return loss * y.numel(), (logits.argmax(1) == y).sum()
+        return loss, logits.argmax(1)
 
 
 def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_interval=0, bar=None):
@@ -95,11 +95,12 @@ def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_int
         if not constant_lr:
             learner.set_lr(learner.lrs[first_step + i])
         idx = order[start:end]
-        loss, right = learner.step(x_all[idx], y_all[idx])
-        loss_sum += loss
-        correct += right
+        y = y_all[idx]
+        loss, pred = learner.step(x_all[idx], y)
+        loss_sum += loss * len(idx)
+        correct += (pred == y).sum()
         if log_interval and (i + 1) % log_interval == 0:
-            log.info("batch %d/%d loss %.4f", i + 1, len(plan), loss.item() / len(idx))
+            log.info("batch %d/%d loss %.4f", i + 1, len(plan), loss.item())
         if bar is not None:
             bar.update()
     return loss_sum, correct
