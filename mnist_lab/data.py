@@ -146,13 +146,22 @@ def split_indices(val_size: int, split_seed: int, train_subset: int | None):
 
 
 def load_mnist(data_cfg, device: torch.device) -> MnistTensors:
-    """The dataset for one run; the expensive part is cached for every later job of the process."""
-    train_x, train_y, test_x, test_y = _normalised(
-        data_cfg.root, data_cfg.cache_dir, str(data_cfg.normalize.value), str(device)
+    """The dataset for one run; cached, so every later job of the process reuses it."""
+    return _load_mnist(
+        data_cfg.root,
+        data_cfg.cache_dir,
+        str(data_cfg.normalize.value),
+        data_cfg.val_size,
+        data_cfg.split_seed,
+        data_cfg.train_subset,
+        str(device),
     )
-    train_idx, val_idx = split_indices(
-        data_cfg.val_size, data_cfg.split_seed, data_cfg.train_subset
-    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist(root, cache_dir, normalize, val_size, split_seed, train_subset, device):
+    train_x, train_y, test_x, test_y = _normalised(root, cache_dir, normalize, device)
+    train_idx, val_idx = split_indices(val_size, split_seed, train_subset)
     train_idx, val_idx = train_idx.to(device), val_idx.to(device)
     return MnistTensors(
         train_x=train_x,

@@ -96,6 +96,7 @@ class RunRecord:
                 "test/acc": best.get("test/acc"),
             },
             "train_seconds": sum(seconds),
+            "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in self.rows),
             "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
         }
 

@@ -193,25 +193,30 @@ class Trainer:
     def fit(self, hooks: list[EpochHook]) -> None:
         """Epoch 0 (before training), then each epoch; hooks see every row. Raises Diverged."""
         row = {"epoch": 0, "train/loss": math.nan, "train/acc": math.nan, "lr": math.nan}
-        row.update(self._evaluate())
+        row.update(self._timed_evaluate())
         row["seconds"] = 0.0
         self._emit(row, hooks)
         for epoch in range(1, self.s.epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
             row["lr"] = self.learner.lrs[epoch * self.steps_per_epoch - 1]
-            train_seconds = time.perf_counter() - start
+            row["seconds"] = time.perf_counter() - start
             diverged = not math.isfinite(row["train/loss"])
             if self.s.eval_every_epoch or epoch == self.s.epochs or diverged:
-                row.update(self._evaluate())
+                row.update(self._timed_evaluate())
             else:
                 row.update(
                     dict.fromkeys(("val/loss", "val/acc", "test/loss", "test/acc"), math.nan)
                 )
-            row["seconds"] = train_seconds
             self._emit(row, hooks)
             if diverged:
                 raise Diverged(f"training loss became {row['train/loss']} in epoch {epoch}")
+
+    def _timed_evaluate(self) -> dict:
+        start = time.perf_counter()
+        metrics = self._evaluate()
+        metrics["eval_seconds"] = time.perf_counter() - start
+        return metrics
 
     @staticmethod
     def _emit(row: dict, hooks: list[EpochHook]) -> None:
