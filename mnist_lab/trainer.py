@@ -79,6 +79,9 @@ class AutogradLearner(Learner):
 class ScratchLearner(Learner):
     """The hand-written MLP: its own backward and in-place SGD update, no autograd."""
 
+    def eval_loss(self, out, y):
+        return self.model.loss(out, y) * len(y)  # the lab's loss, its probability floor included
+
     def step(self, x, y):
         logits = self.model.forward(x)
         loss = self.model.loss_and_backward(logits, y)
