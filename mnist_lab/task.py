@@ -160,6 +160,10 @@ def run_task(cfg: DictConfig) -> float:
             "overrides": list(hydra_cfg.overrides.task),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             "torch_version": torch.__version__,
+            # Known once the model is built; null in the record of a run that failed before.
+            "param_count": None,
+            "device": None,
+            "device_name": None,
         },
     )
     started = time.perf_counter()

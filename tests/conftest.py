@@ -1,0 +1,102 @@
+"""Shared fixtures: Hydra composition in-process, a job config as a task sees it, and the real CLI.
+
+Nothing here writes into the repository's `results/`: in-process jobs get an output directory under
+`tmp_path`, and CLI runs execute with `cwd=tmp_path` and their run/sweep directories under it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from mnist_lab.config import REPO_ROOT  # importing it registers the schema and the resolvers
+
+REPO = REPO_ROOT
+CONF_DIR = REPO / "conf"
+RUN_PY = REPO / "experiments" / "run.py"
+
+
+@pytest.fixture
+def compose():
+    """`compose(overrides=(), return_hydra_config=False) -> DictConfig` of conf/config.yaml.
+
+    Errors Hydra raises while composing (unknown option, wrong type, typo key) propagate.
+    """
+
+    def _compose(overrides=(), return_hydra_config: bool = False) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(
+                config_name="config",
+                overrides=list(overrides),
+                return_hydra_config=return_hydra_config,
+            )
+
+    return _compose
+
+
+@pytest.fixture
+def job_config(compose, tmp_path):
+    """`job_config(overrides=(), output_dir=None) -> DictConfig`: the config a task function gets.
+
+    Like Hydra's `run_job`: HydraConfig is set (output dir under tmp_path unless given) and the
+    returned config has no `hydra` node. Lets tests call `mnist_lab.task` functions in-process.
+    """
+
+    def _job(overrides=(), output_dir: Path | None = None) -> DictConfig:
+        cfg = compose(overrides, return_hydra_config=True)
+        out = Path(output_dir) if output_dir is not None else tmp_path / "job"
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+        HydraConfig.instance().set_config(cfg)
+        task_cfg = copy.deepcopy(cfg)
+        with open_dict(task_cfg):
+            del task_cfg["hydra"]
+        return task_cfg
+
+    yield _job
+    HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """`run_cli(args, cwd=None, own_dirs=False, env=None, timeout=300) -> CompletedProcess`.
+
+    Runs `python experiments/run.py *args` in a subprocess with `cwd` (default tmp_path). Unless
+    `own_dirs`, `hydra.run.dir` and `hydra.sweep.dir` are pointed at `<cwd>/run` and `<cwd>/sweep`;
+    with `own_dirs` the config's own (relative) `results/...` folders land under `cwd`. `env`
+    entries are added to (or, with value None, removed from) the environment. The result has
+    extra attributes `output` (stdout + stderr), `run_dir` and `sweep_dir` (None with own_dirs).
+    """
+
+    def _run(args, cwd=None, own_dirs=False, env=None, timeout=300):
+        cwd = Path(cwd) if cwd is not None else tmp_path
+        cwd.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(RUN_PY), *args]
+        run_dir = sweep_dir = None
+        if not own_dirs:
+            run_dir, sweep_dir = cwd / "run", cwd / "sweep"
+            cmd += [f"hydra.run.dir='{run_dir}'", f"hydra.sweep.dir='{sweep_dir}'"]
+        environ = dict(os.environ)
+        environ.pop("HYDRA_FULL_ERROR", None)
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+        )
+        proc.output = proc.stdout + proc.stderr
+        proc.run_dir, proc.sweep_dir = run_dir, sweep_dir
+        return proc
+
+    return _run
