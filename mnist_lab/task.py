@@ -87,7 +87,7 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.de
     if device.type == "cuda" and switch("trainer.cuda_graph", cfg.trainer.cuda_graph) is not False:
         from mnist_lab.cuda_graph import prepare_optimizer
 
-        prepare_optimizer(optimizer)
+        prepare_optimizer(optimizer, scheduled=len(set(lrs)) > 1)
     return AutogradLearner(model, optimizer, cfg.model.head.value, lrs)
 
 
