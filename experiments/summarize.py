@@ -1,0 +1,62 @@
+"""Summarise run records: summary.csv, the comparison grid (grid.csv, summary.md) and PNGs.
+
+    python experiments/summarize.py [PATHS...] [--out DIR] [--by hidden,lr,batch_size,epochs]
+        [--metric test/acc] [--where EXPR] [--k 3] [--target 0.97] [--no-plots]
+
+Defaults are those of the multirun-end callback: `hydra.callbacks.summarize` in conf/config.yaml.
+Bad input (a missing path, an unknown column, a bad --where) is one line on stderr, exit 2, and
+nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mnist_lab.callbacks import configured_settings, names
+from mnist_lab.errors import LabError
+from mnist_lab.summary import summarize
+
+
+def parse(argv: list[str] | None, defaults: dict) -> argparse.Namespace:
+    root = defaults["results_root"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", default=[root], help=f"folders to search ({root})")
+    parser.add_argument("--out", default=root, help=f"folder for the files ({root})")
+    parser.add_argument(
+        "--by", type=names, default=defaults["by"], help="grid rows, comma-separated"
+    )
+    parser.add_argument("--metric", default=defaults["metric"], help="a summary.csv column")
+    parser.add_argument("--where", help="pandas query, e.g. \"status == 'completed'\"")
+    parser.add_argument("--k", type=int, default=defaults["k"], help="epochs in converged acc")
+    parser.add_argument("--target", type=float, default=defaults["target"], help="target test acc")
+    parser.add_argument("--heatmap", type=names, default=defaults["heatmap"], help="rows,columns")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=defaults["plots"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse(argv, configured_settings())
+        result = summarize(
+            args.paths,
+            args.out,
+            by=args.by,
+            metric=args.metric,
+            where=args.where,
+            k=args.k,
+            target=args.target,
+            heatmap=args.heatmap,
+            plots=args.plots,
+        )
+    except LabError as e:
+        print(f"summarize: error: {e}", file=sys.stderr)
+        return 2
+    print(result.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
