@@ -1,0 +1,191 @@
+"""The sweeper's config schema, registered in Hydra's ConfigStore (imported on every run: no Optuna).
+
+`override hydra/sweeper: optuna` selects `OptunaSweeperConf`; the samplers live in the
+`hydra/sweeper/sampler` group (default `tpe`) and the pruners in `hydra/sweeper/pruner` (default
+`none`). Keys are those of Hydra's official Optuna sweeper, so a search space written for it works
+after pointing `_target_` at this class. A sampler or pruner key left `null` is not passed, so
+Optuna's own default applies (and changing `_target_` never passes another class's keys).
+"""
+
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module without
+# registering it in sys.modules, where dataclasses would look string annotations up.
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+SWEEPER_TARGET = "hydra_plugins.mnist_lab_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+# Each job's Hydra config carries its trial number as hydra.job.env_set.<TRIAL_ENV> (see
+# mnist_lab/pruning.py).
+TRIAL_ENV = "MNIST_LAB_OPTUNA_TRIAL"
+
+
+@dataclass
+class SamplerConfig:
+    _target_: str = MISSING
+    seed: int | None = None
+
+
+@dataclass
+class TPESamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.TPESampler"
+    n_startup_trials: int | None = None
+    n_ei_candidates: int | None = None
+    multivariate: bool | None = None
+    group: bool | None = None
+    constant_liar: bool | None = None
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
+    warn_independent_sampling: bool | None = None
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class GridSamplerConfig(SamplerConfig):
+    """The grid is built from `params` (only `choice()` and `range()`); n_trials is clamped to it."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+
+
+@dataclass
+class CmaEsSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    n_startup_trials: int | None = None
+    warn_independent_sampling: bool | None = None
+    consider_pruned_trials: bool | None = None
+    restart_strategy: str | None = None
+    popsize: int | None = None
+    inc_popsize: int | None = None
+    use_separable_cma: bool | None = None
+    with_margin: bool | None = None
+    lr_adapt: bool | None = None
+
+
+@dataclass
+class QMCSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str | None = None
+    scramble: bool | None = None
+    warn_asynchronous_seeding: bool | None = None
+    warn_independent_sampling: bool | None = None
+
+
+@dataclass
+class NSGAIISamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int | None = None
+    mutation_prob: float | None = None
+    crossover_prob: float | None = None
+    swapping_prob: float | None = None
+
+
+@dataclass
+class MedianPrunerConfig:
+    """Steps are epochs 1, 2, ... (the untrained epoch 0 is not reported), so the first pruning
+    decision comes after epoch max(1, n_warmup_steps)."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # "auto" or an int (epochs)
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # "auto" or an int (epochs)
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = SWEEPER_TARGET
+    # The sweeper builds the sampler and pruner itself (the grid sampler needs the search space).
+    _recursive_: bool = False
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+
+    sampler: Any = MISSING
+    # `hydra/sweeper/pruner=median|hyperband|successive_halving|none`, or any {_target_: ...}.
+    # none still records the per-epoch values; it only never prunes.
+    pruner: Any = MISSING
+    # "minimize" | "maximize", or a list of them for several objectives
+    direction: Any = "minimize"
+    # An Optuna storage URL, e.g. sqlite:///results/optuna.db or postgresql://host/db.
+    # null keeps the study in memory: nothing to resume, no pruning in other processes.
+    storage: str | None = None
+    study_name: str | None = None
+    # Total number of finished (complete, pruned or failed) trials the study should have: a rerun
+    # with a larger value tops the study up, one with the same value only reports it.
+    n_trials: int = 20
+    # Trials asked and launched together (the launcher may run them in parallel). null: the
+    # launcher's n_jobs when it has one (joblib), else 1.
+    n_jobs: int | None = None
+    # The sweep stops (exit status 1) once more than this fraction of the trials it set out to run
+    # have failed. 0 stops at the first failure, 1 never stops early.
+    max_failure_rate: float = 0.5
+    # Search space in Hydra's sweep syntax, e.g. {lr: "tag(log, interval(1e-4, 1))"}. Command-line
+    # arguments of the same key win.
+    params: dict[str, Any] | None = None
+    # Deprecated form of the official plugin ({key: {type, low, high, log, step, choices}}).
+    search_space: dict[str, Any] | None = None
+    # "module.function(cfg, trial)" that suggests further parameters with trial.suggest_*.
+    custom_search_space: str | None = None
+    # While its trials run, the sweeper refreshes their `heartbeat_at` attribute every this many
+    # seconds; a RUNNING trial whose worker is gone (same host: its process is dead; elsewhere:
+    # no heartbeat for grace_period seconds) is marked failed when a sweep starts on the study.
+    heartbeat_interval: float = 30.0
+    grace_period: float = 300.0
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    provider = "mnist_lab_optuna_sweeper"
+    cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider=provider)
+    samplers = {
+        "tpe": TPESamplerConfig,
+        "random": RandomSamplerConfig,
+        "grid": GridSamplerConfig,
+        "cmaes": CmaEsSamplerConfig,
+        "qmc": QMCSamplerConfig,
+        "nsgaii": NSGAIISamplerConfig,
+    }
+    for name, node in samplers.items():
+        cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider=provider)
+    # A plain dict, not a dataclass: a config may replace it with any pruner's keys.
+    cs.store(
+        group="hydra/sweeper/pruner",
+        name="none",
+        node={"_target_": "optuna.pruners.NopPruner"},
+        provider=provider,
+    )
+    pruners = {
+        "median": MedianPrunerConfig,
+        "hyperband": HyperbandPrunerConfig,
+        "successive_halving": SuccessiveHalvingPrunerConfig,
+    }
+    for name, node in pruners.items():
+        cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider=provider)
+
+
+register()

@@ -1,0 +1,92 @@
+"""A stand-in for experiments/run.py in sweeper tests: no torch, each job's outcome set by overrides.
+
+`x` is the objective (reported per epoch as `val/acc` = x * epoch / epochs, so pruning can be
+exercised), `mode` picks the outcome: value (x + y) | two ([x, x + y]) | raise | return_nan |
+return_inf | return_string | return_none | diverged | failed_record | interrupt (Ctrl-C) | sleep
+(`sleep` seconds, then x). `name` is echoed into the record (values with spaces and commas).
+Writes a result.json shaped like the real one (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab import pruning
+
+
+def _write(out: Path, record: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(record, indent=2))
+
+
+def task(cfg: DictConfig):
+    out = Path(HydraConfig.get().runtime.output_dir)
+    started = time.perf_counter()
+    record = {
+        "schema_version": 1,
+        "status": "running",
+        "reason": None,
+        "run_dir": str(out),
+        "trial": pruning.trial_identity(),
+        "overrides": list(HydraConfig.get().overrides.task),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "epochs_run": 0,
+        "final": {},
+        "best": {},
+    }
+    reporter = pruning.epoch_reporter()
+    for epoch in range(1, cfg.epochs + 1):
+        acc = cfg.x * epoch / cfg.epochs
+        record.update(epochs_run=epoch, final={"val/acc": acc, "test/acc": acc - 0.01})
+        record["best"] = {"epoch": epoch, "val/acc": acc, "test/acc": acc - 0.01}
+        if reporter is not None:
+            try:
+                reporter(epoch, {"val/acc": acc})
+            except BaseException as e:  # optuna.TrialPruned: partial record, then re-raise
+                record.update(status="pruned", reason=str(e))
+                _write(out, record)
+                raise
+    if cfg.mode == "sleep":
+        time.sleep(cfg.sleep)
+    record["wall_seconds"] = time.perf_counter() - started
+    if cfg.mode == "interrupt":
+        raise KeyboardInterrupt
+    if cfg.mode == "raise":
+        record.update(status="failed", reason="RuntimeError: boom")
+        _write(out, record)
+        raise RuntimeError("boom")
+    if cfg.mode == "diverged":
+        record.update(status="diverged", reason="training loss became nan in epoch 1")
+        _write(out, record)
+        return math.nan
+    if cfg.mode == "failed_record":  # a failed record but a number returned: the record wins
+        record.update(status="failed", reason="ConfigError: hidden=0 is not allowed")
+        _write(out, record)
+        return 0.5
+    record["status"] = "completed"
+    _write(out, record)
+    return {
+        "value": cfg.x + cfg.y,
+        "return_nan": math.nan,
+        "return_inf": math.inf,
+        "return_string": "not a number",
+        "return_none": None,
+        "sleep": cfg.x,
+        "two": [cfg.x, cfg.x + cfg.y],
+    }[cfg.mode]
+
+
+@hydra.main(config_path="conf", config_name="fake", version_base="1.3")
+def main(cfg: DictConfig):
+    return task(cfg)
+
+
+if __name__ == "__main__":
+    main()
