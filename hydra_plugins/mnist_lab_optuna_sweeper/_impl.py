@@ -28,6 +28,7 @@ import shlex
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -410,9 +411,26 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
         path = url[len("sqlite:///") :]
         if path and not path.startswith((":memory:", "file:")):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+    return _rdb_storage(url, {"pool_pre_ping": True})
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried while another worker is creating the same database's schema.
+
+    Two sweeps started together on a new database both try to create Optuna's tables and alembic
+    version row; the loser gets an IntegrityError (or a lock error) and, on retry, finds them made.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- workers and stale trials
