@@ -8,6 +8,8 @@ with 0.1307/0.3081, all 60,000 training images (no validation split, so both sid
   eager      the harness: resident normalised tensors, batches cut by index, eager steps
   graph      the harness on CUDA: the same step captured as a CUDA graph (trainer.cuda_graph=auto)
   graph+fused  the same with torch.optim.SGD(fused=True)
+  graph+compile  the same with trainer.compile=true (torch.compile of forward + loss; the first
+             epoch includes the compilation)
 
 Usage: python benchmarks/epoch_speed.py [--epochs 3] [--device auto] [--baseline-batches N]
 Prints one table row per variant: first epoch, steady epoch (median of the others), and the ratio
@@ -76,17 +78,8 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
     return times
 
 
-def harness_epochs(
-    device_spec: str, epochs: int, graph: str, fused: bool
-) -> tuple[list[float], str]:
-    overrides = [
-        f"trainer.device={device_spec}",
-        f"trainer.cuda_graph={graph}",
-        "data.val_size=0",
-        f"epochs={epochs}",
-    ]
-    if fused:
-        overrides.append("+optimizer.fused=true")
+def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[float], str]:
+    overrides = [f"trainer.device={device_spec}", "data.val_size=0", f"epochs={epochs}", *extra]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     trainer = build_trainer(cfg)
@@ -121,10 +114,12 @@ def main() -> None:
     )
 
     rows = [("baseline", baseline_epochs(device, args.epochs, args.baseline_batches), "")]
-    rows.append(("eager", *harness_epochs(args.device, args.epochs, "off", False)))
+    rows.append(("eager", *harness_epochs(args.device, args.epochs, "trainer.cuda_graph=off")))
     if device.type == "cuda":
-        rows.append(("graph", *harness_epochs(args.device, args.epochs, "auto", False)))
-        rows.append(("graph+fused", *harness_epochs(args.device, args.epochs, "auto", True)))
+        graph = (args.device, args.epochs, "trainer.cuda_graph=auto")
+        rows.append(("graph", *harness_epochs(*graph)))
+        rows.append(("graph+fused", *harness_epochs(*graph, "+optimizer.fused=true")))
+        rows.append(("graph+compile", *harness_epochs(*graph, "trainer.compile=true")))
 
     def steady(times: list[float]) -> float:
         return statistics.median(times[1:]) if len(times) > 1 else times[0]

@@ -113,6 +113,7 @@ class TrainerConfig:
     progress: str = MISSING  # auto | on | off (checked in mnist_lab.validate)
     cuda_graph: str = MISSING
     matmul_precision: MatmulPrecision = MISSING
+    compile: bool = MISSING
     save_figures: str = MISSING
 
 

@@ -78,6 +78,8 @@ def _graph_epoch(cfg: DictConfig, learner, data, device: torch.device):
 def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.device):
     lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
     if cfg.model.name.value == "scratch":
+        if cfg.trainer.compile:
+            log.warning("trainer.compile applies to model=mlp only; the scratch model runs as is")
         return ScratchLearner(model, lrs)
     try:
         optimizer = instantiate(cfg.optimizer, params=model.parameters())
@@ -88,7 +90,8 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.de
         from mnist_lab.cuda_graph import prepare_optimizer
 
         prepare_optimizer(optimizer, scheduled=len(set(lrs)) > 1)
-    return AutogradLearner(model, optimizer, cfg.model.head.value, lrs)
+    compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
+    return AutogradLearner(model, optimizer, cfg.model.head.value, lrs, compile_batch)
 
 
 def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:

@@ -55,6 +55,7 @@ CASES = {
     ],
     "scratch": ["model=scratch", "model.init_std=0.1", "batch_size=64"],
     "log-interval": ["trainer.log_interval=50"],
+    "compile-partial-batch": ["trainer.compile=true", "batch_size=64"],
 }
 
 
