@@ -67,12 +67,12 @@ def _open_trial(sweeper, number: int):
     """The running trial as an `optuna.trial.Trial` (None for an unreachable in-memory study)."""
     import optuna
 
-    from hydra_plugins.mnist_lab_optuna_sweeper import _impl
+    from hydra_plugins.mnist_lab_optuna_sweeper import _study_setup
 
     name = sweeper.study_name
-    pruner = _impl.build_pruner(sweeper.get("pruner"))
+    pruner = _study_setup.build_pruner(sweeper.get("pruner"))
     if sweeper.storage is None:
-        storage = _impl.LOCAL_STORAGES.get(name)
+        storage = _study_setup.LOCAL_STORAGES.get(name)
         if storage is None:
             log.warning(
                 "trial %d: the study is kept in memory by another process "
@@ -83,7 +83,7 @@ def _open_trial(sweeper, number: int):
     else:
         storage = _STORAGES.get(sweeper.storage)
         if storage is None:
-            storage = _STORAGES[sweeper.storage] = _impl.make_storage(sweeper.storage)
+            storage = _STORAGES[sweeper.storage] = _study_setup.make_storage(sweeper.storage)
     # The job never samples; a RandomSampler makes opening the trial cheap.
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner

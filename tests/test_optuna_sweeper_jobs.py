@@ -24,8 +24,8 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _impl
-from hydra_plugins.mnist_lab_optuna_sweeper._impl import SweeperError
+from hydra_plugins.mnist_lab_optuna_sweeper import _study_setup, _workers
+from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError
 
 APP = Path(__file__).parent / "apps" / "fake_task.py"
 _spec = importlib.util.spec_from_file_location("fake_task", APP)
@@ -270,7 +270,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
         study="memory",
         storage=None,
     )
-    study = optuna.load_study(study_name="memory", storage=_impl.LOCAL_STORAGES["memory"])
+    study = optuna.load_study(study_name="memory", storage=_study_setup.LOCAL_STORAGES["memory"])
     states = {t.params["x"]: t.state.name for t in study.trials}
     assert states == {0.9: "COMPLETE", 0.3: "PRUNED"}  # 0.3 / 3 < 0.2 after epoch 1
     assert runner.returns is not None
@@ -282,15 +282,15 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
 def _running(study, worker, heartbeat_age_s):
     trial = study.ask()
     trial.set_user_attr("worker", worker)
-    beat = _impl._now().timestamp() - heartbeat_age_s
+    beat = _workers._now().timestamp() - heartbeat_age_s
     trial.set_user_attr(
-        "heartbeat_at", _impl.datetime.fromtimestamp(beat, _impl.timezone.utc).isoformat()
+        "heartbeat_at", _workers.datetime.fromtimestamp(beat, _workers.timezone.utc).isoformat()
     )
     return trial.number
 
 
 def test_stale_trials_failed_live_workers_left_alone(sweep, tmp_path):
-    here = _impl.this_worker()
+    here = _workers.this_worker()
     if not here["pidns"]:
         pytest.skip("no /proc/self/ns/pid on this system")
     url = f"sqlite:///{tmp_path}/optuna.db"
@@ -345,7 +345,7 @@ def _fake_cli(args, cwd, **kwargs):
 
 
 def test_killed_sweeper_trial_is_failed_on_resume(sweep, tmp_path):
-    if not _impl.this_worker()["pidns"]:
+    if not _workers.this_worker()["pidns"]:
         pytest.skip("no /proc/self/ns/pid on this system: a killed trial waits for grace_period")
     url = f"sqlite:///{tmp_path}/optuna.db"
     args = ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=s",

@@ -15,13 +15,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _impl
-from hydra_plugins.mnist_lab_optuna_sweeper._impl import SweeperError, parse_search_space
+from hydra_plugins.mnist_lab_optuna_sweeper import (
+    _job_results,
+    _search_space,
+    _study_setup,
+    _workers,
+)
+from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError, parse_search_space
 
 PARSER = OverridesParser.create()
 
 
-def one(text: str) -> _impl.Param:
+def one(text: str) -> _search_space.Param:
     space, fixed = parse_search_space(None, [text])
     assert not fixed and len(space) == 1
     return space[0]
@@ -161,10 +166,10 @@ def test_grid_needs_discrete_values():
     space, _ = parse_search_space(
         None, ["a=choice(x, y)", "b=range(0, 6, 2)", "c=int(interval(1, 3))"]
     )
-    assert _impl.grid_of(space) == {"a": ["x", "y"], "b": [0, 2, 4], "c": [1, 2, 3]}
+    assert _search_space.grid_of(space) == {"a": ["x", "y"], "b": [0, 2, 4], "c": [1, 2, 3]}
     space, _ = parse_search_space(None, ["lr=interval(0.1, 1)"])
     with pytest.raises(SweeperError, match="lr is continuous"):
-        _impl.grid_of(space)
+        _search_space.grid_of(space)
 
 
 # ---------------------------------------------------------------- override rendering
@@ -201,17 +206,20 @@ def test_grid_needs_discrete_values():
     ],
 )
 def test_rendered_value_parses_back_to_itself(value):
-    parsed = PARSER.parse_override(f"key={_impl.render_value(value)}")
+    parsed = PARSER.parse_override(f"key={_search_space.render_value(value)}")
     assert not parsed.is_sweep_override()
     assert type(parsed.value()) is type(value) and parsed.value() == value
 
 
 def test_retrain_command_quotes_for_the_shell():
-    assert _impl.shell_quote("optimizer=adam") == "optimizer=adam"
-    assert _impl.shell_quote("name='c,d'") == "\"name='c,d'\""
+    assert _search_space.shell_quote("optimizer=adam") == "optimizer=adam"
+    assert _search_space.shell_quote("name='c,d'") == "\"name='c,d'\""
     for arg in ["name='c,d'", "a=b c", "x='it\\'s'", "y=$HOME"]:
         echoed = subprocess.run(
-            f"printf %s {_impl.shell_quote(arg)}", shell=True, capture_output=True, text=True
+            f"printf %s {_search_space.shell_quote(arg)}",
+            shell=True,
+            capture_output=True,
+            text=True,
         )
         assert echoed.stdout == arg
 
@@ -238,14 +246,14 @@ def test_retrain_command_quotes_for_the_shell():
     ],
 )
 def test_objective_values(value, n, expected, why):
-    values, reason = _impl.objective_values(value, n)
+    values, reason = _job_results.objective_values(value, n)
     assert values == expected
     assert (reason is None) if why is None else (why in reason)
 
 
 def test_numpy_scalars_count_as_numbers():
     np = pytest.importorskip("numpy")
-    assert _impl.objective_values(np.float32(0.5), 1) == ([0.5], None)
+    assert _job_results.objective_values(np.float32(0.5), 1) == ([0.5], None)
 
 
 # ---------------------------------------------------------------- stale trials
@@ -261,7 +269,7 @@ def running_trial(worker, heartbeat_age_s: float, number: int = 0):
 
 
 def test_stale_rule_same_machine_uses_the_process():
-    here = _impl.this_worker()
+    here = _workers.this_worker()
     if not here["pidns"]:
         pytest.skip("no /proc/self/ns/pid on this system: only the heartbeat rule applies")
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -271,38 +279,40 @@ def test_stale_rule_same_machine_uses_the_process():
         for pid, stale in [(live.pid, False), (dead.pid, True), (os.getpid(), True)]:
             # an old heartbeat does not matter on this machine: the process decides
             trial, now = running_trial({**here, "pid": pid}, heartbeat_age_s=10_000)
-            reason = _impl.stale_reason(trial, now, 300, here)
+            reason = _workers.stale_reason(trial, now, 300, here)
             assert (reason is not None) is stale, (pid, reason)
         trial, now = running_trial({**here, "pid": os.getpid()}, 0)
-        assert _impl.stale_reason(trial, now, 300, here, mine={0}) is None  # in flight here
+        assert _workers.stale_reason(trial, now, 300, here, mine={0}) is None  # in flight here
     finally:
         live.kill()
         live.wait()
 
 
 def test_stale_rule_elsewhere_uses_the_heartbeat():
-    here = _impl.this_worker()
+    here = _workers.this_worker()
     other = {"host": "another-host", "pidns": "pid:[1]", "pid": 1234}
     trial, now = running_trial(other, heartbeat_age_s=30)
-    assert _impl.stale_reason(trial, now, 300, here) is None  # a live worker elsewhere
+    assert _workers.stale_reason(trial, now, 300, here) is None  # a live worker elsewhere
     trial, now = running_trial(other, heartbeat_age_s=301)
-    assert "no heartbeat from another-host" in _impl.stale_reason(trial, now, 300, here)
+    assert "no heartbeat from another-host" in _workers.stale_reason(trial, now, 300, here)
     # same host name, other pid namespace (a container): heartbeat rule, not the pid
     container = {**other, "host": here["host"], "pid": os.getpid()}
     trial, now = running_trial(container, heartbeat_age_s=30)
-    assert _impl.stale_reason(trial, now, 300, here) is None
+    assert _workers.stale_reason(trial, now, 300, here) is None
 
 
 def test_stale_rule_ignores_trials_of_other_tools():
     trial = create_trial(state=TrialState.RUNNING)
-    assert _impl.stale_reason(trial, datetime.now(timezone.utc), 1, _impl.this_worker()) is None
+    assert (
+        _workers.stale_reason(trial, datetime.now(timezone.utc), 1, _workers.this_worker()) is None
+    )
 
 
 def test_heartbeat_refreshes_trials_in_flight():
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("heartbeat_at", "then")
-    with _impl._Heartbeat([trial], interval=0.05):
+    with _workers._Heartbeat([trial], interval=0.05):
         deadline = datetime.now() + timedelta(seconds=10)
         while study.trials[0].user_attrs["heartbeat_at"] == "then":
             assert datetime.now() < deadline
@@ -315,14 +325,16 @@ def test_heartbeat_refreshes_trials_in_flight():
 
 def test_samplers_and_pruners_from_config():
     tpe = {"_target_": "optuna.samplers.TPESampler", "seed": 3, "n_startup_trials": None}
-    assert isinstance(_impl.build_sampler(tpe), optuna.samplers.TPESampler)
+    assert isinstance(_study_setup.build_sampler(tpe), optuna.samplers.TPESampler)
     # keys left null are not passed: another _target_ in a TPE node still works
     random = {**tpe, "_target_": "optuna.samplers.RandomSampler", "n_startup_trials": None}
-    assert isinstance(_impl.build_sampler(random), optuna.samplers.RandomSampler)
-    grid = _impl.build_sampler({"_target_": "optuna.samplers.GridSampler"}, {"a": [1, 2]})
+    assert isinstance(_study_setup.build_sampler(random), optuna.samplers.RandomSampler)
+    grid = _study_setup.build_sampler({"_target_": "optuna.samplers.GridSampler"}, {"a": [1, 2]})
     assert isinstance(grid, optuna.samplers.GridSampler)
-    assert isinstance(_impl.build_pruner(None), optuna.pruners.NopPruner)
-    median = _impl.build_pruner({"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 2})
+    assert isinstance(_study_setup.build_pruner(None), optuna.pruners.NopPruner)
+    median = _study_setup.build_pruner(
+        {"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 2}
+    )
     assert isinstance(median, optuna.pruners.MedianPruner)
 
 
@@ -339,7 +351,7 @@ def test_samplers_and_pruners_from_config():
 )
 def test_bad_sampler_config_is_one_line_error(cfg, message):
     with pytest.raises(SweeperError) as error:
-        _impl.build_sampler(cfg)
+        _study_setup.build_sampler(cfg)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert str(error.value).startswith("hydra.sweeper.sampler: ")
 
@@ -347,11 +359,12 @@ def test_bad_sampler_config_is_one_line_error(cfg, message):
 def test_sqlite_storage_url_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (
-        _impl.absolute_storage_url("sqlite:///results/o.db") == f"sqlite:///{tmp_path}/results/o.db"
+        _study_setup.absolute_storage_url("sqlite:///results/o.db")
+        == f"sqlite:///{tmp_path}/results/o.db"
     )
-    assert _impl.absolute_storage_url("sqlite:////abs/o.db") == "sqlite:////abs/o.db"
-    assert _impl.absolute_storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
-    assert _impl.absolute_storage_url(None) is None
-    storage = _impl.make_storage("sqlite:///results/o.db")  # creates the folder
+    assert _study_setup.absolute_storage_url("sqlite:////abs/o.db") == "sqlite:////abs/o.db"
+    assert _study_setup.absolute_storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert _study_setup.absolute_storage_url(None) is None
+    storage = _study_setup.make_storage("sqlite:///results/o.db")  # creates the folder
     assert (tmp_path / "results" / "o.db").exists()
     storage.engine.dispose()
