@@ -1,7 +1,6 @@
 """Hydra callback: after every multirun, summarise the sweep and refresh the results root's tables.
 
-Hydra builds it from `hydra.callbacks.summarize` in conf/config.yaml (the snippet is in
-docs/_config_callbacks.yaml). That node is the one source of truth for the summary's settings:
+Hydra builds it from `hydra.callbacks.summarize` in conf/config.yaml. That node is the one source of truth for the summary's settings:
 the callback receives them as arguments, and experiments/summarize.py reads the same node
 (`configured_settings`) for its option defaults. A summary is a convenience, so any error here is
 logged in one line and swallowed: it never turns a finished sweep into a failure.
@@ -86,7 +85,7 @@ def configured_settings() -> dict:
         cfg = compose(config_name="config", return_hydra_config=True)
     node = OmegaConf.select(cfg, NODE)
     if node is None:
-        raise LabError(f"conf/config.yaml has no {NODE} node (docs/_config_callbacks.yaml)")
+        raise LabError(f"conf/config.yaml has no {NODE} node")
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("_target_", None)
     return settings

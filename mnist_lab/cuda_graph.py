@@ -77,7 +77,7 @@ class GraphEpoch:
         self.mean_losses = torch.zeros((), device=device)  # sum over steps of batch means
         self.hits = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.lr_table = self.lr = None
-        if len(set(learner.lrs)) > 1:
+        if learner.scheduled:
             self.lr_table = torch.tensor(learner.lrs, device=device)
             self.lr = torch.zeros(self.k, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -27,6 +27,7 @@ METRICS_COLUMNS = (
     "lr",
     "seconds",
 )
+EVAL_KEYS = METRICS_COLUMNS[3:7]  # what an evaluation measures: val/test loss and accuracy
 SCHEMA_VERSION = 1
 
 
@@ -91,9 +92,7 @@ class RunRecord:
         seconds = [r["seconds"] for r in trained]
         return {
             "epochs_run": len(trained),
-            "initial": {
-                k: initial.get(k) for k in ("val/loss", "val/acc", "test/loss", "test/acc")
-            },
+            "initial": {k: initial.get(k) for k in EVAL_KEYS},
             "final": {k: final.get(k) for k in METRICS_COLUMNS[1:7]},
             "best": {
                 "epoch": best.get("epoch"),

@@ -59,23 +59,15 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
 
 
-def _graph_epoch(cfg: DictConfig, learner, data, device: torch.device):
-    """The CUDA-graph epoch runner when the device and the setting allow it, else None."""
+def _use_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether the device and `trainer.cuda_graph` allow capturing the step."""
     mode = switch("trainer.cuda_graph", cfg.trainer.cuda_graph)
-    if mode is False:
-        return None
-    if device.type != "cuda":
-        if mode is True:
-            log.warning("trainer.cuda_graph=on needs a CUDA device; training eagerly on %s", device)
-        return None
-    from mnist_lab.cuda_graph import GraphEpoch
-
-    return GraphEpoch(
-        learner, data.train_x, data.train_y, cfg.data.batch_size, cfg.trainer.log_interval
-    )
+    if mode is True and device.type != "cuda":
+        log.warning("trainer.cuda_graph=on needs a CUDA device; training eagerly on %s", device)
+    return mode is not False and device.type == "cuda"
 
 
-def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.device):
+def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
     lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
     if cfg.model.name.value == "scratch":
         if cfg.trainer.compile:
@@ -86,12 +78,13 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, device: torch.de
     except Exception as e:  # torch.optim refuses unknown or out-of-range settings
         cause = e.__cause__ or e
         raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
-    if device.type == "cuda" and switch("trainer.cuda_graph", cfg.trainer.cuda_graph) is not False:
+    compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
+    learner = AutogradLearner(model, optimizer, cfg.model.head.value, lrs, compile_batch)
+    if capture:
         from mnist_lab.cuda_graph import prepare_optimizer
 
-        prepare_optimizer(optimizer, scheduled=len(set(lrs)) > 1)
-    compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
-    return AutogradLearner(model, optimizer, cfg.model.head.value, lrs, compile_batch)
+        prepare_optimizer(optimizer, scheduled=learner.scheduled)
+    return learner
 
 
 def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
@@ -115,8 +108,16 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
         progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
     )
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
-    learner = build_learner(cfg, model, steps, device)
-    return Trainer(learner, data, settings, _graph_epoch(cfg, learner, data, device))
+    capture = _use_cuda_graph(cfg, device)
+    learner = build_learner(cfg, model, steps, capture)
+    graph = None
+    if capture:
+        from mnist_lab.cuda_graph import GraphEpoch
+
+        graph = GraphEpoch(
+            learner, data.train_x, data.train_y, settings.batch_size, settings.log_interval
+        )
+    return Trainer(learner, data, settings, graph)
 
 
 def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:

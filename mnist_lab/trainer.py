@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab.data import MnistTensors
+from mnist_lab.records import EVAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Learner:
         self.model = model
         self.lrs = lrs
         self.lr = lrs[0]
+        self.scheduled = len(set(lrs)) > 1  # the rate changes between steps
 
     def set_lr(self, lr) -> None:
         self.lr = lr
@@ -103,11 +105,10 @@ class ScratchLearner(Learner):
 
 def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_interval=0, bar=None):
     """One epoch of eager steps; returns (summed loss, number correct) as device tensors."""
-    constant_lr = len(set(learner.lrs)) <= 1
     loss_sum = torch.zeros((), device=x_all.device)
     correct = torch.zeros((), device=x_all.device, dtype=torch.long)
     for i, (start, end) in enumerate(plan):
-        if not constant_lr:
+        if learner.scheduled:
             learner.set_lr(learner.lrs[first_step + i])
         idx = order[start:end]
         y = y_all[idx]
@@ -175,12 +176,7 @@ class Trainer:
         d, b = self.data, self.s.eval_batch_size
         val_loss, val_acc = evaluate(self.learner, d.val_x, d.val_y, b)
         test_loss, test_acc = evaluate(self.learner, d.test_x, d.test_y, b)
-        return {
-            "val/loss": val_loss,
-            "val/acc": val_acc,
-            "test/loss": test_loss,
-            "test/acc": test_acc,
-        }
+        return dict(zip(EVAL_KEYS, (val_loss, val_acc, test_loss, test_acc), strict=True))
 
     def _epoch_order(self) -> torch.Tensor:
         # The permutation is drawn on the CPU so that a seed means the same order on every device.
@@ -220,9 +216,7 @@ class Trainer:
             if self.s.eval_every_epoch or epoch == self.s.epochs or diverged:
                 row.update(self._timed_evaluate())
             else:
-                row.update(
-                    dict.fromkeys(("val/loss", "val/acc", "test/loss", "test/acc"), math.nan)
-                )
+                row.update(dict.fromkeys(EVAL_KEYS, math.nan))
             self._emit(row, hooks)
             if diverged:
                 raise Diverged(f"training loss became {row['train/loss']} in epoch {epoch}")
