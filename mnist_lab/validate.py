@@ -90,3 +90,11 @@ def check_config(cfg) -> None:
         raise ConfigError(
             "optimizer", cfg.optimizer.get("_target_"), "model=scratch updates with plain SGD only"
         )
+    if model.name.value == "scratch":  # its update is w -= lr * g: nothing else may be asked of it
+        for key in ("momentum", "dampening", "weight_decay"):
+            if cfg.optimizer.get(key, 0.0) != 0.0:
+                raise ConfigError(
+                    f"optimizer.{key}", cfg.optimizer[key], "must be 0 with model=scratch"
+                )
+        if cfg.optimizer.get("nesterov", False):
+            raise ConfigError("optimizer.nesterov", True, "must be false with model=scratch")

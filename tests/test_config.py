@@ -451,3 +451,13 @@ def test_cli_refuses_at_composition(run_cli, override, named):
     proc = run_cli([override])
     assert_clean_refusal(proc, *named, one_line=False)
     assert not proc.run_dir.exists()  # refused before any run directory or training
+
+
+@pytest.mark.parametrize(
+    "override", ["optimizer.momentum=0.9", "optimizer.weight_decay=0.01", "optimizer.nesterov=true"]
+)
+def test_scratch_model_refuses_sgd_settings_it_cannot_apply(compose, override):
+    cfg = compose(["model=scratch", override])
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key):
+        check_config(cfg)
