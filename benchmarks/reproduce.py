@@ -14,7 +14,6 @@ Usage: python benchmarks/reproduce.py [--seeds 0,1,2] [--out docs] [--extra OVER
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from _cli import REPO, run_cli  # noqa: E402
+
+from mnist_lab import summary  # noqa: E402
 
 PRESETS = {
     "tutorial_relu128_sgd": "000_1fcf68b5044499e5.txt",
@@ -37,24 +38,24 @@ TOLERANCE = 0.6  # accuracy points
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
     """One row per (run, epoch): the metrics.csv rows with the run's config and timing."""
-    frames = []
-    for result in sorted(sweep_dir.rglob("result.json")):
-        rec = json.loads(result.read_text())
-        metrics = pd.read_csv(result.parent / "metrics.csv")
-        cfg = rec["config"]
-        metrics = metrics.assign(
-            run=str(result.parent),
-            seed=cfg["seed"],
-            row=f"{cfg['hidden']}/{cfg['lr']}/{cfg['batch_size']}/{cfg['epochs']}",
-            reported=(cfg.get("preset") or {}).get("reported_test_acc"),
-            reported_epoch=(cfg.get("preset") or {}).get("reported_at_epoch", cfg["epochs"]),
-            wall=rec["wall_seconds"],
-            device=rec.get("device_name"),
-            torch=rec.get("torch_version"),
-            status=rec["status"],
+    records, epochs = summary.load([sweep_dir])
+    facts = []
+    for rec in records:
+        cfg, preset = rec["config"], rec["config"].get("preset") or {}
+        facts.append(
+            {
+                "run_dir": rec["run_dir"],
+                "seed": cfg["seed"],
+                "row": f"{cfg['hidden']}/{cfg['lr']}/{cfg['batch_size']}/{cfg['epochs']}",
+                "reported": preset.get("reported_test_acc"),
+                "reported_epoch": preset.get("reported_at_epoch", cfg["epochs"]),
+                "wall": rec["wall_seconds"],
+                "device": rec.get("device_name"),
+                "torch": rec.get("torch_version"),
+                "status": rec["status"],
+            }
         )
-        frames.append(metrics)
-    return pd.concat(frames, ignore_index=True)
+    return epochs.merge(pd.DataFrame(facts), on="run_dir").rename(columns={"run_dir": "run"})
 
 
 def summarise(runs: pd.DataFrame, by: str) -> pd.DataFrame:
