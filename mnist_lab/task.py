@@ -185,10 +185,9 @@ def run_task(cfg: DictConfig) -> float:
         record.finish(status, reason, wall_seconds=time.perf_counter() - started)
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
-        if multirun:
-            log.error("job failed: %s (record in %s)", reason, run_dir)
-            if not isinstance(e, LabError):
-                log.debug("traceback", exc_info=True)
+        if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log
+            exc_info = not isinstance(e, LabError)
+            log.error("job failed: %s (record in %s)", reason, run_dir, exc_info=exc_info)
             return math.nan
         if isinstance(e, LabError):
             log.error("%s", reason)
