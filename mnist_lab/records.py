@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = (
     "epoch",
     "train/loss",
@@ -27,8 +30,11 @@ METRICS_COLUMNS = (
     "lr",
     "seconds",
 )
+METRIC_KEYS = METRICS_COLUMNS[1:7]  # what an epoch measures: train/val/test loss and accuracy
 EVAL_KEYS = METRICS_COLUMNS[3:7]  # what an evaluation measures: val/test loss and accuracy
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -68,6 +74,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def read_record(path: Path, warn: bool = True) -> dict | None:
+    """A `result.json` (or the run folder holding one) as a dict; None when it is missing,
+    unreadable or half-written (with one warning naming it, unless `warn` is false)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        if warn:
+            log.warning("skipping unreadable record %s (%s)", path, e)
+        return None
+    if not isinstance(data, dict):
+        if warn:
+            log.warning("skipping record %s (not a JSON object)", path)
+        return None
+    return data
+
+
 class RunRecord:
     """Collects epoch rows and run facts; `save()` rewrites both files from them."""
 
@@ -93,7 +118,7 @@ class RunRecord:
         return {
             "epochs_run": len(trained),
             "initial": {k: initial.get(k) for k in EVAL_KEYS},
-            "final": {k: final.get(k) for k in METRICS_COLUMNS[1:7]},
+            "final": {k: final.get(k) for k in METRIC_KEYS},
             "best": {
                 "epoch": best.get("epoch"),
                 "val/acc": best.get("val/acc"),
@@ -111,9 +136,9 @@ class RunRecord:
         writer.writerows(
             {k: ("" if _clean(v) is None else v) for k, v in r.items()} for r in self.rows
         )
-        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+        atomic_write_text(self.run_dir / METRICS_FILE, buffer.getvalue())
         result = {**self.facts, **self.summary()}
-        atomic_write_text(self.run_dir / "result.json", json.dumps(_clean(result), indent=2) + "\n")
+        atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(_clean(result), indent=2) + "\n")
 
     def finish(self, status: str, reason: str | None = None, **facts) -> None:
         self.facts.update(status=status, reason=reason, finished_at=_now(), **facts)

@@ -21,12 +21,11 @@ import numpy as np
 import pandas as pd
 
 from mnist_lab.errors import LabError
-from mnist_lab.records import atomic_write_bytes
+from mnist_lab.records import METRICS_FILE, RESULT_FILE, atomic_write_bytes, read_record
 
 log = logging.getLogger(__name__)
 
-RECORD = "result.json"
-METRICS = "metrics.csv"
+RECORD, METRICS = RESULT_FILE, METRICS_FILE
 TABLES = ("summary.csv", "grid.csv", "summary.md")
 BEST_MARK = "★"
 
@@ -124,19 +123,6 @@ def find_records(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                 seen.add(file.resolve())
                 found.append((root, file))
     return found
-
-
-def read_record(path: Path) -> dict | None:
-    """The record as a dict, or None (one warning) when it is unreadable or half-written."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
-        log.warning("skipping unreadable record %s (%s)", path, e)
-        return None
-    if not isinstance(data, dict):
-        log.warning("skipping record %s (not a JSON object)", path)
-        return None
-    return data
 
 
 def read_epochs(run_dir: Path) -> pd.DataFrame | None:

@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab.data import MnistTensors
-from mnist_lab.records import EVAL_KEYS
+from mnist_lab.records import EVAL_KEYS, METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict], None]
-METRIC_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
 
 
 class Diverged(Exception):

@@ -41,7 +41,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from ._job_results import objective_values, read_record, record_attrs, tell
+from ._job_results import job_record, objective_values, record_attrs, tell
 from ._search_space import (
     Param,
     SweeperError,
@@ -393,7 +393,7 @@ class OptunaSweeperImpl(Sweeper):
         run_dir = None
         if ret.hydra_cfg is not None:
             run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
-        record = read_record(run_dir)
+        record = job_record(run_dir)
         attrs = record_attrs(record)
         status = (record or {}).get("status")
         reason = (record or {}).get("reason")

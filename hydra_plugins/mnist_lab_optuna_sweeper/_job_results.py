@@ -5,7 +5,6 @@ record with status failed/diverged is told FAIL with a `reason`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+
+from mnist_lab.records import read_record
 
 
 def objective_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
@@ -39,13 +40,9 @@ def objective_values(value: Any, n_objectives: int) -> tuple[list[float] | None,
     return values, None
 
 
-def read_record(run_dir: Path | None) -> dict[str, Any] | None:
-    if run_dir is None:
-        return None
-    try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
+def job_record(run_dir: Path | None) -> dict[str, Any] | None:
+    """The job's result.json, or None (no folder, or no readable record)."""
+    return None if run_dir is None else read_record(run_dir, warn=False)
 
 
 def record_attrs(record: Mapping[str, Any] | None) -> dict[str, Any]:
