@@ -66,6 +66,7 @@ class GraphEpoch:
         batch_size: int,
         log_interval: int = 0,
         steps_per_graph: int = STEPS_PER_GRAPH,
+        members: tuple[int, ...] = (),
     ):
         self.learner = learner
         self.x_all, self.y_all = x_all, y_all
@@ -73,13 +74,15 @@ class GraphEpoch:
         self.log_interval = log_interval
         self.k = steps_per_graph
         device = x_all.device
-        self.idx = torch.zeros(self.k, batch_size, dtype=torch.long, device=device)
-        self.mean_losses = torch.zeros((), device=device)  # sum over steps of batch means
-        self.hits = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # `members`: () for one model, (K,) for K stacked ones (mnist_lab.stacked), each with its
+        # own sample order, loss and hits.
+        self.idx = torch.zeros(self.k, *members, batch_size, dtype=torch.long, device=device)
+        self.mean_losses = torch.zeros(members, device=device)  # sum over steps of batch means
+        self.hits = torch.zeros(*members, batch_size, dtype=torch.long, device=device)
         self.lr_table = self.lr = None
         if learner.scheduled:
-            self.lr_table = torch.tensor(learner.lrs, device=device)
-            self.lr = torch.zeros(self.k, device=device)
+            self.lr_table = torch.as_tensor(learner.lrs, device=device)
+            self.lr = torch.zeros(self.k, *members, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.failed: str | None = None
         self.last_loss = None
@@ -93,8 +96,10 @@ class GraphEpoch:
         for j in range(steps):
             if self.lr is not None:
                 self.learner.set_lr(self.lr[j])
-            y = self.y_all.index_select(0, self.idx[j])
-            loss, pred = self.learner.step(self.x_all.index_select(0, self.idx[j]), y)
+            idx = self.idx[j]
+            y = self.y_all.index_select(0, idx.flatten()).view(idx.shape)
+            x = self.x_all.index_select(0, idx.flatten()).view(*idx.shape, -1)
+            loss, pred = self.learner.step(x, y)
             self.mean_losses.add_(loss)
             self.hits.add_(pred == y)
         return loss
@@ -132,7 +137,8 @@ class GraphEpoch:
 
     def _replay(self, steps: int, order, begin: int, step_index: int) -> None:
         b = self.batch_size
-        self.idx[:steps].copy_(order[begin : begin + steps * b].view(steps, b))
+        batches = order[..., begin : begin + steps * b].unflatten(-1, (steps, b))
+        self.idx[:steps].copy_(batches.movedim(-2, 0))
         if self.lr is not None:
             self.lr[:steps].copy_(self.lr_table[step_index : step_index + steps])
         self.graphs[steps].replay()
@@ -159,4 +165,4 @@ class GraphEpoch:
         if i < len(plan):  # the last partial batch: one eager step on the same parameters
             loss, right = self._eager(order, plan[i:], first_step + i)
             loss_sum, correct = loss_sum + loss, correct + right
-        return self.mean_losses * self.batch_size + loss_sum, self.hits.sum() + correct
+        return self.mean_losses * self.batch_size + loss_sum, self.hits.sum(-1) + correct

@@ -110,6 +110,9 @@ class SoftmaxCrossEntropy:
     the softmax Jacobian dp_k/dz_i = p_k (delta_ki - p_i), the 1/p cancels and dL/dz = (p - onehot)/B
     (B, the batch size, from the mean). No division by a probability that may underflow to 0.
 
+    Logits may carry leading dimensions (a stack of models, `mnist_lab.stacked`): classes are the
+    last dimension, the batch the one before it, and the loss has one value per leading index.
+
     `prob_floor` > 0 is the lab's loss: probabilities clamped at the floor before the log, so one
     confident mistake costs at most -log(floor) (13.8 for the lab's 1e-6). As in the lab, backward
     ignores the clamp: where p_true < floor the true gradient of the clamped loss is 0, but the step
@@ -121,20 +124,20 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits, targets):
         # Subtracting the row max leaves softmax unchanged and keeps exp() from overflowing.
-        shifted = logits - logits.amax(1, keepdim=True)
+        shifted = logits - logits.amax(-1, keepdim=True)
         exp = shifted.exp()
-        total = exp.sum(1, keepdim=True)
+        total = exp.sum(-1, keepdim=True)
         self.probs = exp / total
-        classes = torch.arange(logits.shape[1], device=logits.device)
-        self.onehot = (targets[:, None] == classes).to(logits.dtype)
+        classes = torch.arange(logits.shape[-1], device=logits.device)
+        self.onehot = (targets[..., None] == classes).to(logits.dtype)
         if self.prob_floor > 0:
             log_probs = self.probs.clamp_min(self.prob_floor).log()
         else:  # log-softmax: exact even where a probability underflows to 0
             log_probs = shifted - total.log()
-        return -(self.onehot * log_probs).sum(1).mean()
+        return -(self.onehot * log_probs).sum(-1).mean(-1)
 
     def backward(self):
-        return (self.probs - self.onehot) / self.probs.shape[0]
+        return (self.probs - self.onehot) / self.probs.shape[-2]
 
 
 # --- initialisation, mirroring mnist_lab.models._init_linear ---------------------------------------

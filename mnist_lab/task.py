@@ -120,10 +120,8 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
     return Trainer(learner, data, settings, graph)
 
 
-def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
-    """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
-    trainer = build_trainer(cfg, multirun)
-    model, data = trainer.learner.model, trainer.data
+def describe(record: RunRecord, model, data) -> None:
+    """The record's facts about the model and the data, known once both are built."""
     record.facts.update(
         param_count=count_parameters(model),
         device=str(data.train_x.device),
@@ -131,11 +129,23 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         n_train=data.n_train,
         n_val=len(data.val_y),
     )
+
+
+def epoch_hooks(record: RunRecord) -> list:
+    """What sees every epoch's row: the record and, inside an Optuna trial, its reporter."""
     hooks = [record.add_epoch]
     reporter = pruning.epoch_reporter()
     if reporter is not None:
         hooks.append(reporter)
-    trainer.fit(hooks)
+    return hooks
+
+
+def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
+    """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
+    trainer = build_trainer(cfg, multirun)
+    model, data = trainer.learner.model, trainer.data
+    describe(record, model, data)
+    trainer.fit(epoch_hooks(record))
     if trainer.graph is not None:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = switch("trainer.save_figures", cfg.trainer.save_figures)
@@ -146,52 +156,73 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     return record.summary()["final"]["val/acc"]
 
 
-def run_task(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    record = RunRecord(
-        run_dir,
-        {
-            "run_dir": str(run_dir),
-            "job": {
-                "name": hydra_cfg.job.name,
-                "num": hydra_cfg.job.get("num") if multirun else None,
-                "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
-                "multirun": multirun,
+class RecordedRun:
+    """One job's record from its start to its outcome, for the current Hydra job.
+
+    `conclude` applies the failure policy (docs/ARCHITECTURE.md) to how the training ended: it
+    returns the value the task returns, or raises what the job must raise.
+    """
+
+    def __init__(self, cfg: DictConfig, **facts):
+        hydra_cfg = HydraConfig.get()
+        self.multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        self.run_dir = Path(hydra_cfg.runtime.output_dir)
+        multirun = self.multirun
+        self.record = RunRecord(
+            self.run_dir,
+            {
+                "run_dir": str(self.run_dir),
+                "job": {
+                    "name": hydra_cfg.job.name,
+                    "num": hydra_cfg.job.get("num") if multirun else None,
+                    "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
+                    "multirun": multirun,
+                },
+                "trial": pruning.trial_identity(),
+                "overrides": list(hydra_cfg.overrides.task),
+                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "torch_version": torch.__version__,
+                # Known once the model is built; null in the record of a run that failed before.
+                "param_count": None,
+                "device": None,
+                "device_name": None,
+                **facts,
             },
-            "trial": pruning.trial_identity(),
-            "overrides": list(hydra_cfg.overrides.task),
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            "torch_version": torch.__version__,
-            # Known once the model is built; null in the record of a run that failed before.
-            "param_count": None,
-            "device": None,
-            "device_name": None,
-        },
-    )
-    started = time.perf_counter()
-    try:
-        value = train(cfg, record, multirun)
-    except Diverged as e:
-        record.finish("diverged", str(e), wall_seconds=time.perf_counter() - started)
-        log.error("run diverged: %s (record in %s)", e, run_dir)
-        if not multirun:  # docs/ARCHITECTURE.md: a single run that diverges exits non-zero
-            raise SystemExit(3) from None
-        return math.nan
-    except BaseException as e:
+        )
+        self.started = time.perf_counter()
+
+    def conclude(self, error: BaseException | None = None, value: float = math.nan) -> float:
+        record, run_dir, multirun = self.record, self.run_dir, self.multirun
+        wall = time.perf_counter() - self.started
+        if error is None:
+            record.finish("completed", wall_seconds=wall)
+            return value
+        if isinstance(error, Diverged):
+            record.finish("diverged", str(error), wall_seconds=wall)
+            log.error("run diverged: %s (record in %s)", error, run_dir)
+            if not multirun:  # docs/ARCHITECTURE.md: a single run that diverges exits non-zero
+                raise SystemExit(3) from None
+            return math.nan
+        e = error
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
         status = "pruned" if _is_pruned(e) else "failed"
-        record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        record.finish(status, reason, wall_seconds=wall)
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
-            raise
+            raise e
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log
-            exc_info = not isinstance(e, LabError)
+            exc_info = (type(e), e, e.__traceback__) if not isinstance(e, LabError) else False
             log.error("job failed: %s (record in %s)", reason, run_dir, exc_info=exc_info)
             return math.nan
         if isinstance(e, LabError):
             log.error("%s", reason)
             raise SystemExit(2) from None
-        raise
-    record.finish("completed", wall_seconds=time.perf_counter() - started)
-    return value
+        raise e
+
+
+def run_task(cfg: DictConfig) -> float:
+    run = RecordedRun(cfg)
+    try:
+        value = train(cfg, run.record, run.multirun)
+    except BaseException as e:
+        return run.conclude(e)
+    return run.conclude(None, value)

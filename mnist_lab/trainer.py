@@ -103,17 +103,21 @@ class ScratchLearner(Learner):
 
 
 def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_interval=0, bar=None):
-    """One epoch of eager steps; returns (summed loss, number correct) as device tensors."""
-    loss_sum = torch.zeros((), device=x_all.device)
-    correct = torch.zeros((), device=x_all.device, dtype=torch.long)
+    """One epoch of eager steps; returns (summed loss, number correct) as device tensors.
+
+    `order` is one model's sample order, or (K, n) for K stacked models (`mnist_lab.stacked`), each
+    with its own: then the sums have shape (K,).
+    """
+    loss_sum = torch.zeros(order.shape[:-1], device=x_all.device)
+    correct = torch.zeros(order.shape[:-1], device=x_all.device, dtype=torch.long)
     for i, (start, end) in enumerate(plan):
         if learner.scheduled:
             learner.set_lr(learner.lrs[first_step + i])
-        idx = order[start:end]
+        idx = order[..., start:end]
         y = y_all[idx]
         loss, pred = learner.step(x_all[idx], y)
-        loss_sum += loss * len(idx)
-        correct += (pred == y).sum()
+        loss_sum += loss * (end - start)
+        correct += (pred == y).sum(-1)
         if log_interval and (i + 1) % log_interval == 0:
             log.info("batch %d/%d loss %.4f", i + 1, len(plan), loss.item())
         if bar is not None:
@@ -177,7 +181,7 @@ class Trainer:
         test_loss, test_acc = evaluate(self.learner, d.test_x, d.test_y, b)
         return dict(zip(EVAL_KEYS, (val_loss, val_acc, test_loss, test_acc), strict=True))
 
-    def _epoch_order(self) -> torch.Tensor:
+    def epoch_order(self) -> torch.Tensor:
         # The permutation is drawn on the CPU so that a seed means the same order on every device.
         idx = self.data.train_idx
         if not self.s.shuffle:
@@ -186,7 +190,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         d, plan = self.data, self.plan
-        order = self._epoch_order()
+        order = self.epoch_order()
         first = (epoch - 1) * len(plan)
         if self.graph is not None:
             loss_sum, correct = self.graph.run_epoch(order, plan, first)
@@ -228,14 +232,19 @@ class Trainer:
 
     @staticmethod
     def _emit(row: dict, hooks: list[EpochHook]) -> None:
-        log.info(
-            "epoch %d  " + "  ".join(f"{k} %.4f" for k in METRIC_KEYS) + "  %.2fs",
-            row["epoch"],
-            *(row[k] for k in METRIC_KEYS),
-            row["seconds"],
-        )
+        log_epoch(row)
         for hook in hooks:
             hook(row["epoch"], row)
+
+
+def log_epoch(row: dict) -> None:
+    """The epoch's line in the job's log."""
+    log.info(
+        "epoch %d  " + "  ".join(f"{k} %.4f" for k in METRIC_KEYS) + "  %.2fs",
+        row["epoch"],
+        *(row[k] for k in METRIC_KEYS),
+        row["seconds"],
+    )
 
 
 def _progress(total: int, epoch: int, enabled: bool):
