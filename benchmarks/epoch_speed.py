@@ -43,7 +43,7 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    load_raw(str(REPO_ROOT / "data/mnist"), str(REPO_ROOT / "data/mnist"))  # unpack once
+    load_raw(str(REPO_ROOT / "data/mnist"), str(REPO_ROOT / "data/mnist"), False)  # unpack once
     transform = transforms.Compose(
         [
             transforms.ToTensor(),

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab import pruning
 from mnist_lab.data import load_mnist
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
@@ -122,6 +123,7 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
 
 def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
+    check_knobs(cfg, record.facts["overrides"])
     trainer = build_trainer(cfg, multirun)
     model, data = trainer.learner.model, trainer.data
     record.facts.update(
@@ -130,6 +132,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         device_name=_device_name(data.train_x.device),
         n_train=data.n_train,
         n_val=len(data.val_y),
+        data=data.fingerprint,
     )
     hooks = [record.add_epoch]
     reporter = pruning.epoch_reporter()
@@ -140,7 +143,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = switch("trainer.save_figures", cfg.trainer.save_figures)
     if figures is True or (figures == "auto" and not multirun):
-        from mnist_lab.figures import save_figures
+        from mnist_lab.run_figures import save_figures
 
         save_figures(model, data, record.run_dir)
     return record.summary()["final"]["val/acc"]
@@ -162,6 +165,7 @@ def run_task(cfg: DictConfig) -> float:
             },
             "trial": pruning.trial_identity(),
             "overrides": list(hydra_cfg.overrides.task),
+            "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if "hydra/" not in k},
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             "torch_version": torch.__version__,
             # Known once the model is built; null in the record of a run that failed before.
@@ -181,7 +185,9 @@ def run_task(cfg: DictConfig) -> float:
         return math.nan
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
-        status = "pruned" if _is_pruned(e) else "failed"
+        # Bad input found before epoch 0 is `refused`: no result, kept out of the results tables.
+        refused = isinstance(e, LabError) and not record.rows
+        status = "pruned" if _is_pruned(e) else "refused" if refused else "failed"
         record.finish(status, reason, wall_seconds=time.perf_counter() - started)
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
