@@ -4,8 +4,8 @@ The run record (docs/ARCHITECTURE.md) is the only input: `result.json` flattened
 `pd.json_normalize` (one row per run, every config key its own column), plus `metrics.csv` for what
 only the epoch rows know (converged accuracy, epochs to a target). Records are read, not trusted:
 older ones with missing keys leave empty cells, unreadable ones are skipped with one warning, a
-`running` record whose process died reads as `killed` (mnist_lab.records), and runs `refused`
-for bad input before training are left out of every table.
+`running` record whose process died reads as `killed` (mnist_lab.records), and runs refused for
+bad input before training (`"refused": true`, status `failed`) are left out of every table.
 
 Comparisons are honest by construction:
 - runs are compared within a section: one Optuna study, one sweep, or the single runs;
@@ -53,7 +53,6 @@ TABLES = ("summary.csv", "grid.csv", "summary.md")
 PLOTS = ("learning_curves.png", "accuracy_vs_time.png")
 HEATMAPS = "heatmap_*.png"  # named by their two axes: any of them may be left from another call
 BEST_MARK = "★"
-REFUSED = "refused"  # bad input found before training: never a result
 
 # Short names for the knobs a reader compares, each the first key present: the value that was
 # actually used (the nested key) before the knob that may have fed it, then older records' keys.
@@ -413,7 +412,9 @@ def section_grid(
     done = runs[runs["status"] == "completed"]
     varying = varying_keys(done) if len(done) else []
     keys = varying if by is None else by
-    shown = keys or [k for k in ("hidden", "lr", "batch_size", "epochs") if k in done]
+    layers = "hidden_sizes" in done and done["hidden_sizes"].astype(str).str.contains("x").any()
+    default = ("hidden_sizes" if layers else "hidden", "lr", "batch_size", "epochs")
+    shown = keys or [k for k in default if k in done]
     metrics = list(dict.fromkeys([SELECT, metric]))
     seeds = _per_seed(done, shown, metrics)
     grid = (
@@ -435,7 +436,7 @@ def section_grid(
     best = select.idxmax() if select.notna().any() else None
     grid["best"] = np.where(grid.index == best, BEST_MARK, "")
     grid.insert(0, "section", name)
-    redundant = {"hidden_sizes"} if "hidden" in shown else set()  # says the same for one layer
+    redundant = {"hidden"} if layers else {"hidden_sizes"}  # hidden_sizes says it all
     same = {
         k: done[k].iloc[0]
         for k in SHOWN_KNOBS
@@ -604,8 +605,9 @@ def summarize(
         raise SummaryError(f"--k must be at least 1, got {k}")
     records, epochs = load(paths)
     runs = build_runs(records, epochs, int(k), float(target))
-    refused = int((runs["status"] == REFUSED).sum())
-    runs = runs[runs["status"] != REFUSED].reset_index(drop=True)
+    refused = runs["refused"].eq(True) if "refused" in runs else pd.Series(False, runs.index)
+    runs = runs[~refused].reset_index(drop=True)
+    refused = int(refused.sum())
     by = list(dict.fromkeys(resolve_column(runs, name, "--by") for name in by)) if by else None
     metric = resolve_column(runs, metric, "--metric")
     if not pd.api.types.is_numeric_dtype(runs[metric]) and runs[metric].notna().any():

@@ -6,7 +6,7 @@ metadata, so the same runs give the same bytes. A figure with nothing to show is
 log line (returned as None) rather than failing the summary.
 
 Readable with 3 runs or 300: runs are coloured by recipe (seeds of one recipe share a colour),
-each recipe labelled by the keys that differ among the runs; the MAX_LABELLED best recipes (on
+each recipe labelled by the keys that differ among the runs; the MAX_LABELLED (9) best recipes (on
 validation accuracy) get a colour and a legend entry outside the axes, the others are drawn in
 grey under one entry. Accuracy axes are scaled to the second half of each run (where runs are
 compared); earlier epochs, epoch 0 (the untrained model) included, may run off the bottom.
@@ -29,7 +29,8 @@ from mnist_lab.report_columns import lower_is_better, metric_label, metric_value
 log = logging.getLogger(__name__)
 
 PNG_METADATA = {"Software": None}  # matplotlib's version in the file would differ across installs
-MAX_LABELLED = 10  # recipes with their own colour and legend entry; the rest are grey
+PALETTE = [f"C{i}" for i in range(10) if i != 7]  # tab10 without its grey, kept for the rest
+MAX_LABELLED = len(PALETTE)  # recipes with their own colour and legend entry
 OTHERS = "0.75"  # grey of the recipes beyond MAX_LABELLED
 
 
@@ -43,7 +44,7 @@ def _png(fig: Figure) -> bytes:
 def _style(groups: pd.DataFrame, run_dir: str) -> dict:
     rank = int(groups.at[run_dir, "rank"])
     if rank < MAX_LABELLED:
-        return {"color": f"C{rank}", "lw": 1.6, "zorder": 3}
+        return {"color": PALETTE[rank], "lw": 1.6, "zorder": 3}
     return {"color": OTHERS, "lw": 0.8, "zorder": 1}
 
 
@@ -53,7 +54,7 @@ def _legend_handles(groups: pd.DataFrame, shown: list[str], marker: str | None =
     counts = present.groupby(["rank", "label"]).size().reset_index(name="runs")
     line = {"marker": marker, "ls": "none"} if marker else {}
     handles = [
-        Line2D([], [], color=f"C{rank}", label=f"{label} ({runs})", **line)
+        Line2D([], [], color=PALETTE[rank], label=f"{label} ({runs})", **line)
         for rank, label, runs in counts.itertuples(index=False)
         if rank < MAX_LABELLED
     ]
@@ -112,8 +113,10 @@ def learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, groups: pd.DataFra
     shown = sorted(
         (r for r in runs["run_dir"] if r in by_run), key=lambda r: -int(groups.at[r, "rank"])
     )
+    few = curves["epoch"].max() <= 5  # short runs: mark the epochs, a line alone hides them
     for run_dir in shown:
         run, style = by_run[run_dir].sort_values("epoch"), _style(groups, run_dir)
+        style = {**style, "marker": "o", "ms": 3} if few else style
         ax_loss.plot(run["epoch"], run["train/loss"], **style)
         ax_loss.plot(run["epoch"], run["test/loss"], "--", **style)
         ax_acc.plot(run["epoch"], run[accuracy] * 100, **style)
@@ -196,7 +199,7 @@ def metric_vs_time(runs: pd.DataFrame, groups: pd.DataFrame, metric: str) -> byt
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     ranks = groups.loc[points["run_dir"], "rank"].to_numpy()
-    colors = [f"C{r}" if r < MAX_LABELLED else OTHERS for r in ranks]
+    colors = [PALETTE[r] if r < MAX_LABELLED else OTHERS for r in ranks]
     order = np.argsort(-ranks, kind="stable")  # the best recipes drawn last, on top
     ax.scatter(
         points["seconds"].iloc[order], points["value"].iloc[order], c=np.array(colors)[order]

@@ -123,7 +123,7 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
 
 def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
-    check_knobs(cfg, record.facts["overrides"])
+    check_knobs(cfg, record.facts.get("overrides", []))
     trainer = build_trainer(cfg, multirun)
     model, data = trainer.learner.model, trainer.data
     record.facts.update(
@@ -185,10 +185,10 @@ def run_task(cfg: DictConfig) -> float:
         return math.nan
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
-        # Bad input found before epoch 0 is `refused`: no result, kept out of the results tables.
+        status = "pruned" if _is_pruned(e) else "failed"
+        # Bad input found before epoch 0: `refused`, never a result; the results tables skip it.
         refused = isinstance(e, LabError) and not record.rows
-        status = "pruned" if _is_pruned(e) else "refused" if refused else "failed"
-        record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        record.finish(status, reason, wall_seconds=time.perf_counter() - started, refused=refused)
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log

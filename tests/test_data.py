@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 from types import SimpleNamespace
@@ -293,3 +294,44 @@ def test_download_only_when_asked_and_offline_is_one_line(tmp_path, monkeypatch)
     assert "\n" not in str(info.value) and "no network" in str(info.value)
     assert str(root / "train-images-idx3-ubyte.gz") in str(info.value)
     assert fetched == ["train-images-idx3-ubyte.gz"] * 2  # both mirrors tried, then stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the real CLI with default settings (the default data.cache_dir included)
+
+
+def test_cli_trains_on_the_data_root_it_is_given(mnist_copy, run_cli):
+    """Zeroed test labels in another folder: chance-level test accuracy on the first try, with
+    the default cache (which holds the shipped labels, the same size), and their fingerprint."""
+    digest = zero_test_labels(mnist_copy)
+    proc = run_cli(
+        [f"data.root={mnist_copy}", "epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
+    )
+    assert proc.returncode == 0, proc.output
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["final"]["test/acc"] < 0.2 < record["final"]["val/acc"]
+    files = {f["name"]: f["sha256"] for f in record["data"]["files"]}
+    assert files["t10k-labels-idx1-ubyte.gz"] == digest
+    shipped = load_raw(str(SHIPPED), str(SHIPPED), False).fingerprint["id"]
+    assert record["data"]["id"] != shipped
+
+
+@pytest.mark.parametrize("damage", ["missing folder", "bit flip", "truncated"])
+def test_cli_bad_data_is_one_line_exit_2(mnist_copy, run_cli, damage):
+    (mnist_copy / "SHA256SUMS").unlink()
+    victim = mnist_copy / "train-images-idx3-ubyte.gz"
+    root = mnist_copy
+    if damage == "missing folder":
+        root, victim = mnist_copy / "nonexistent", mnist_copy / "nonexistent"
+    elif damage == "bit flip":
+        blob = bytearray(victim.read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        victim.write_bytes(bytes(blob))
+    else:
+        victim.write_bytes(victim.read_bytes()[:100_000])
+    proc = run_cli([f"data.root={root}", "epochs=1", "trainer.device=cpu"])
+    assert proc.returncode == 2, proc.output
+    errors = [line for line in proc.output.splitlines() if str(victim) in line]
+    assert len(errors) == 1 and "Traceback" not in proc.output
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["refused"]  # bad input: never a result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -88,5 +90,5 @@ def test_dead_knob_on_the_command_line_is_one_line_exit_2(run_cli):
     assert proc.returncode == 2, proc.output
     assert "hidden=512 is not allowed: has no effect" in proc.output
     assert "Traceback" not in proc.output
-    record = (proc.run_dir / "result.json").read_text()
-    assert '"status": "refused"' in record
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["refused"] is True

@@ -672,7 +672,8 @@ def test_one_call_writes_one_consistent_set(lab, tmp_path):
 
 def test_refused_runs_are_left_out_and_killed_runs_say_so(lab, tmp_path):
     sweep = lab / "multiruns" / "A"
-    write_run(sweep / "5", [], hidden=0, status="refused", reason="hidden=0 ...", sweep_dir=sweep)
+    refused = write_run(sweep / "5", [], hidden=0, status="failed", reason="hidden=0 ...")
+    (sweep / "5" / "result.json").write_text(json.dumps({**refused, "refused": True}))
     dead = write_run(sweep / "6", [0.5], hidden=64, status="running", sweep_dir=sweep, num=6)
     dead["writer"] = {"host": socket.gethostname(), "pid": 2**22 + 1, "process_start": "1"}
     (sweep / "6" / "result.json").write_text(json.dumps(dead))
