@@ -64,7 +64,7 @@ SHORT = {
     "seed": ("config.trainer.seed", "config.seed"),
     "activation": ("config.model.activation",),
     "normalize": ("config.data.normalize",),
-    "model": ("choices.model", "config.model.name"),
+    "model": ("choices.model", "config.model.name"),  # schema_version 1 records: model.name
     "experiment": ("choices.experiment",),
     "data": ("data.id",),
 }

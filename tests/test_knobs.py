@@ -16,6 +16,7 @@ from mnist_lab.task import build_trainer
 CONF = REPO_ROOT / "conf"
 PRESETS = [
     [],
+    *([f"model={p.stem}"] for p in sorted((CONF / "model").glob("*.yaml"))),
     *([f"experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))),
     *(["experiment=lab_grid", f"lab_grid={p.stem}"] for p in sorted((CONF / "lab_grid").glob("*.yaml"))),
 ]  # fmt: skip
