@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra.utils
@@ -726,3 +727,31 @@ def test_grid_and_preset_end_to_end(run_cli, tmp_path):
     assert cli.returncode == 0, cli.stderr
     assert sorted(p.name for p in results.iterdir() if p.is_file()) == sorted(TABLES)
     assert len(read_csv(results / "summary.csv")) == 4
+
+
+def test_a_run_killed_outright_reads_as_killed(tmp_path):
+    """kill -9 leaves `running` in result.json; every reader says `killed` once the pid is gone."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "run.py"),
+        "epochs=100",
+        "data.train_subset=2000",
+        "trainer.device=cpu",
+        f"hydra.run.dir='{run_dir}'",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the record appears after epoch 0
+            if (run_dir / "result.json").is_file():
+                break
+            time.sleep(0.1)
+        assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
+        assert records.read_record(run_dir)["status"] == "running"  # alive: left alone
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, the record is not finished
+        proc.wait()
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
+    assert records.read_record(run_dir)["status"] == "killed"
+    runs = run([run_dir], tmp_path / "out").runs
+    assert runs["status"].tolist() == ["killed"] and "pid" in runs["reason"][0]
