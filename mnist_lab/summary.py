@@ -57,7 +57,7 @@ BEST_MARK = "★"
 # Short names for the knobs a reader compares, each the first key present: the value that was
 # actually used (the nested key) before the knob that may have fed it, then older records' keys.
 SHORT = {
-    "hidden": ("hidden_first", "config.hidden"),
+    "hidden": ("hidden_first", "config.model.width", "config.hidden"),  # width: model=resmlp
     "lr": ("config.optimizer.lr", "config.lr"),
     "batch_size": ("config.data.batch_size", "config.batch_size"),
     "epochs": ("config.trainer.epochs", "config.epochs"),
@@ -334,7 +334,7 @@ def recipe_columns(runs: pd.DataFrame) -> list[str]:
 
 # The config columns each short column is read from or stands for: never a key beside it.
 ALIASES = {
-    "hidden": ("config.hidden",),
+    "hidden": ("config.hidden", "config.model.width"),
     "hidden_sizes": ("config.model.hidden_sizes",),
     "lr": ("config.lr", "config.optimizer.lr"),
     "batch_size": ("config.batch_size", "config.data.batch_size"),
