@@ -447,7 +447,7 @@ def test_bad_input_writes_nothing(lab, tmp_path):
         "--by": dict(by=["hidden", "nope"]),
         "--metric": dict(metric="nope"),
         "--where": dict(where="hidden >>"),
-        "--heatmap": dict(heatmap=["hidden", "nope"]),
+        "--heatmap": dict(heatmap=["hidden", "nope"], plots=True),
     }
     for option, overrides in cases.items():
         with pytest.raises(SummaryError, match=option):
