@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import pruning
+from mnist_lab import trial_reporting
 from mnist_lab.data import load_mnist
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.models import build_model, count_parameters
@@ -132,7 +132,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         n_val=len(data.val_y),
     )
     hooks = [record.add_epoch]
-    reporter = pruning.epoch_reporter()
+    reporter = trial_reporting.epoch_reporter(cfg.trainer.epochs)
     if reporter is not None:
         hooks.append(reporter)
     trainer.fit(hooks)
@@ -160,7 +160,7 @@ def run_task(cfg: DictConfig) -> float:
                 "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
                 "multirun": multirun,
             },
-            "trial": pruning.trial_identity(),
+            "trial": trial_reporting.trial_identity(),
             "overrides": list(hydra_cfg.overrides.task),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             "torch_version": torch.__version__,

@@ -24,8 +24,9 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _study_setup, _workers
-from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError
+from hydra_plugins.mnist_lab_optuna_sweeper import _workers
+from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
+from mnist_lab import optuna_study
 
 APP = Path(__file__).parent / "apps" / "fake_task.py"
 _spec = importlib.util.spec_from_file_location("fake_task", APP)
@@ -232,7 +233,10 @@ def test_several_objectives_give_the_pareto_front(sweep):
         "y=choice(0.1, 0.5)",
         n_trials=4,
     )
-    front = s.results()["pareto_front"]
+    results = s.results()
+    front = results["solutions"]  # the official plugin's key for the Pareto front
+    assert "best_trial" not in results and "pareto_front" not in results
+    assert all({"params", "values"} <= set(p) for p in front)
     # values (x, x + y): (0.2, 0.3) and (0.8, 0.9) are not dominated
     assert sorted((round(a, 6), round(b, 6)) for a, b in (p["values"] for p in front)) == [
         (0.2, 0.3),
@@ -270,7 +274,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
         study="memory",
         storage=None,
     )
-    study = optuna.load_study(study_name="memory", storage=_study_setup.LOCAL_STORAGES["memory"])
+    study = optuna.load_study(study_name="memory", storage=optuna_study.in_memory_storage("memory"))
     states = {t.params["x"]: t.state.name for t in study.trials}
     assert states == {0.9: "COMPLETE", 0.3: "PRUNED"}  # 0.3 / 3 < 0.2 after epoch 1
     assert runner.returns is not None
@@ -282,7 +286,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
 def _running(study, worker, heartbeat_age_s):
     trial = study.ask()
     trial.set_user_attr("worker", worker)
-    beat = _workers._now().timestamp() - heartbeat_age_s
+    beat = _workers.now().timestamp() - heartbeat_age_s
     trial.set_user_attr(
         "heartbeat_at", _workers.datetime.fromtimestamp(beat, _workers.timezone.utc).isoformat()
     )

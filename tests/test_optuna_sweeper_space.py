@@ -16,12 +16,14 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from hydra_plugins.mnist_lab_optuna_sweeper import (
-    _job_results,
     _search_space,
     _study_setup,
+    _telling,
     _workers,
 )
-from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError, parse_search_space
+from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
+from hydra_plugins.mnist_lab_optuna_sweeper._search_space import parse_search_space
+from mnist_lab import optuna_study
 
 PARSER = OverridesParser.create()
 
@@ -72,21 +74,61 @@ def test_sweep_syntax_maps_to_distribution(text, expected):
 
 
 @pytest.mark.parametrize(
+    "text, expected",
+    [  # like Hydra's official Optuna sweeper: the stop is included when it falls on the step
+        ("a=range(1, 3)", IntDistribution(1, 3)),
+        ("a=range(4, 6)", IntDistribution(4, 6)),
+        ("a=range(5)", IntDistribution(0, 5)),
+        ("a=range(1, 10, 2)", IntDistribution(1, 9, step=2)),  # 10 is not on the step
+        ("a=range(0, 7, 7)", IntDistribution(0, 7, step=7)),
+        ("a=range(10, 0, -3)", IntDistribution(1, 10, step=3)),  # 10, 7, 4, 1
+        ("a=range(3, 3)", IntDistribution(3, 3)),
+        ("a=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+        ("a=range(0, 5, step=0.5)", FloatDistribution(0, 5, step=0.5)),
+        ("a=range(-5.5, 5.5, step=0.5)", FloatDistribution(-5.5, 5.5, step=0.5)),
+        ("a=range(0, 1, 0.3)", FloatDistribution(0, 0.9, step=0.3)),
+        ("a=range(0.1, 0.5, 0.1)", FloatDistribution(0.1, 0.5, step=0.1)),
+        ("a=range(0, 5.0)", FloatDistribution(0, 5, step=1)),
+    ],
+)
+def test_range_includes_its_stop_for_sampling(text, expected):
+    dist = one(text).distribution
+    assert type(dist) is type(expected)
+    assert (dist.low, dist.high, dist.step) == pytest.approx(
+        (expected.low, expected.high, expected.step)
+    )
+
+
+@pytest.mark.parametrize(
     "text",
     ["a=range(1, 10, 2)", "a=range(5)", "a=range(10, 0, -3)", "a=range(2, 3)", "a=range(0, 7, 7)"],
 )
-def test_int_range_excludes_its_stop_like_hydra(text):
-    dist = one(text).distribution
+def test_grid_int_range_excludes_its_stop_like_hydra(text):
+    param = one(text)
+    assert param.grid == sorted(hydra_values(text))
+    dist = param.for_grid().distribution
     assert isinstance(dist, IntDistribution)
     assert values_of(dist) == sorted(hydra_values(text))
 
 
-def test_float_range_matches_hydra_values():
+def test_grid_float_range_matches_hydra_values():
     text = "a=range(0.1, 0.5, 0.1)"  # Hydra: 0.1, 0.2, 0.3, 0.4 (0.5 excluded)
-    dist = one(text).distribution
+    dist = one(text).for_grid().distribution
     assert isinstance(dist, FloatDistribution) and dist.step == pytest.approx(0.1)
     assert values_of(dist) == pytest.approx(hydra_values(text))
     assert dist.high == pytest.approx(0.4)
+
+
+def test_range_4_6_samples_6_under_random_and_tpe():
+    dist = one("x=range(4,6)").distribution
+    for sampler in (optuna.samplers.RandomSampler(seed=0), optuna.samplers.TPESampler(seed=0)):
+        study = optuna.create_study(sampler=sampler)
+        seen = set()
+        for _ in range(40):
+            trial = study.ask({"x": dist})
+            seen.add(trial.params["x"])
+            study.tell(trial, trial.params["x"])
+        assert seen == {4, 5, 6}, type(sampler).__name__
 
 
 def test_sampled_range_values_stay_inside_hydra_range():
@@ -151,7 +193,8 @@ def test_official_search_space_form():
         ("lr=tag(log, interval(-1, 1))", "log interval needs a lower bound above 0"),
         ("h=tag(log, int(interval(0, 8)))", "log interval needs a lower bound above 0"),
         ("lr=tag(lgo, interval(1, 2))", "unknown tag 'lgo'"),
-        ("a=range(3, 3)", "is empty"),
+        ("a=range(5, 3)", "is empty"),
+        ("a=range(1, 5, 0)", "the step must not be 0"),
         ("a=choice(", "cannot parse"),
     ],
 )
@@ -169,6 +212,9 @@ def test_grid_needs_discrete_values():
     assert _search_space.grid_of(space) == {"a": ["x", "y"], "b": [0, 2, 4], "c": [1, 2, 3]}
     space, _ = parse_search_space(None, ["lr=interval(0.1, 1)"])
     with pytest.raises(SweeperError, match="lr is continuous"):
+        _search_space.grid_of(space)
+    space, _ = parse_search_space(None, ["a=range(3, 3)"])  # Hydra's values: none
+    with pytest.raises(SweeperError, match="a has no values"):
         _search_space.grid_of(space)
 
 
@@ -246,14 +292,14 @@ def test_retrain_command_quotes_for_the_shell():
     ],
 )
 def test_objective_values(value, n, expected, why):
-    values, reason = _job_results.objective_values(value, n)
+    values, reason = _telling.objective_values(value, n)
     assert values == expected
     assert (reason is None) if why is None else (why in reason)
 
 
 def test_numpy_scalars_count_as_numbers():
     np = pytest.importorskip("numpy")
-    assert _job_results.objective_values(np.float32(0.5), 1) == ([0.5], None)
+    assert _telling.objective_values(np.float32(0.5), 1) == ([0.5], None)
 
 
 # ---------------------------------------------------------------- stale trials
@@ -312,7 +358,7 @@ def test_heartbeat_refreshes_trials_in_flight():
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("heartbeat_at", "then")
-    with _workers._Heartbeat([trial], interval=0.05):
+    with _workers.Heartbeat([trial], interval=0.05):
         deadline = datetime.now() + timedelta(seconds=10)
         while study.trials[0].user_attrs["heartbeat_at"] == "then":
             assert datetime.now() < deadline
@@ -365,6 +411,6 @@ def test_sqlite_storage_url_made_absolute(tmp_path, monkeypatch):
     assert _study_setup.absolute_storage_url("sqlite:////abs/o.db") == "sqlite:////abs/o.db"
     assert _study_setup.absolute_storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert _study_setup.absolute_storage_url(None) is None
-    storage = _study_setup.make_storage("sqlite:///results/o.db")  # creates the folder
+    storage = optuna_study.open_storage("sqlite:///results/o.db")  # creates the folder
     assert (tmp_path / "results" / "o.db").exists()
     storage.engine.dispose()

@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import pruning
+from mnist_lab import trial_reporting
 
 
 def _write(out: Path, record: dict) -> None:
@@ -34,14 +34,14 @@ def task(cfg: DictConfig):
         "status": "running",
         "reason": None,
         "run_dir": str(out),
-        "trial": pruning.trial_identity(),
+        "trial": trial_reporting.trial_identity(),
         "overrides": list(HydraConfig.get().overrides.task),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epochs_run": 0,
         "final": {},
         "best": {},
     }
-    reporter = pruning.epoch_reporter()
+    reporter = trial_reporting.epoch_reporter(cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         acc = cfg.x * epoch / cfg.epochs
         record.update(epochs_run=epoch, final={"val/acc": acc, "test/acc": acc - 0.01})
