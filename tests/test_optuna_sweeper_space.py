@@ -138,6 +138,35 @@ def test_sampled_range_values_stay_inside_hydra_range():
     assert seen == {1, 5, 9}
 
 
+@pytest.mark.parametrize(
+    "arguments, searched, fixed",
+    [  # the official plugin's cases: searched keys, fixed values, deletions
+        (["key=choice(1,2)"], {"key": CategoricalDistribution([1, 2])}, []),
+        (["key=5"], {}, ["key=5"]),
+        (["key1=choice(1,2)", "key2=5"], {"key1": CategoricalDistribution([1, 2])}, ["key2=5"]),
+        (
+            ["key1=choice(1,2)", "key2=5", "key3=range(1,3)"],
+            {"key1": CategoricalDistribution([1, 2]), "key3": IntDistribution(1, 3)},
+            ["key2=5"],
+        ),
+        (["~z"], {}, ["~z"]),
+        (["~z=10"], {}, ["~z=10"]),
+        (
+            ["key=choice('hello', 'world')"],
+            {"key": CategoricalDistribution(["hello", "world"])},
+            [],
+        ),
+        (["key=shuffle(range(1,3))"], {"key": CategoricalDistribution([1, 2])}, []),
+    ],
+)
+def test_params_from_overrides(arguments, searched, fixed):
+    space, plain = parse_search_space(None, arguments)
+    dists = {p.name: p.distribution for p in space}
+    if "shuffle" in arguments[0]:  # shuffle() orders the choices at random
+        dists = {k: CategoricalDistribution(sorted(v.choices)) for k, v in dists.items()}
+    assert dists == searched and plain == fixed
+
+
 def test_plain_values_pass_through_unchanged():
     space, fixed = parse_search_space(
         None, ["epochs=3", "+extra=a b", "~data.train_subset", "model.hidden_sizes=[64,64]"]
@@ -414,3 +443,98 @@ def test_sqlite_storage_url_made_absolute(tmp_path, monkeypatch):
     storage = optuna_study.open_storage("sqlite:///results/o.db")  # creates the folder
     assert (tmp_path / "results" / "o.db").exists()
     storage.engine.dispose()
+
+
+# Every sampler key of Hydra's official Optuna sweeper schema (hydra-optuna-sweeper 1.4.0.dev9),
+# by its sampler option name: ours has the same option with the same keys.
+OFFICIAL_SAMPLER_KEYS = {
+    "tpe": {"seed", "consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints",
+            "n_startup_trials", "n_ei_candidates", "multivariate", "warn_independent_sampling"},
+    "random": {"seed"},
+    "grid": set(),
+    "cmaes": {"seed", "x0", "sigma0", "independent_sampler", "warn_independent_sampling",
+              "consider_pruned_trials", "restart_strategy", "inc_popsize", "use_separable_cma",
+              "source_trials"},
+    "nsgaii": {"seed", "population_size", "mutation_prob", "crossover_prob", "swapping_prob",
+               "constraints_func"},
+    "gp": {"seed", "independent_sampler", "n_startup_trials", "deterministic_objective",
+           "constraints_func", "warn_independent_sampling"},
+    "qmc": {"seed", "qmc_type", "scramble", "independent_sampler", "warn_asynchronous_seeding",
+            "warn_independent_sampling"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SAMPLER_KEYS))
+def test_every_official_sampler_key_exists_and_reaches_optuna(name, compose):
+    cfg = compose(["hydra/sweeper=optuna", f"hydra/sweeper/sampler={name}"], True)
+    node = cfg.hydra.sweeper.sampler
+    assert OFFICIAL_SAMPLER_KEYS[name] <= set(node), name
+    grid = {"a": [1, 2]} if name == "grid" else None
+    sampler = _study_setup.build_sampler(node, grid)  # every key null: Optuna's defaults
+    assert type(sampler).__name__ == node._target_.rsplit(".", 1)[1]
+
+
+def positive_is_infeasible(trial):
+    """A constraints_func: the trial is feasible when its `a` is at most 0."""
+    return [trial.params["a"]]
+
+
+class CountingSampler(optuna.samplers.RandomSampler):
+    calls = 0
+
+    def sample_independent(self, *args, **kwargs):
+        CountingSampler.calls += 1
+        return super().sample_independent(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["optuna.samplers.NSGAIISampler", "optuna.samplers.TPESampler", "optuna.samplers.GPSampler"],
+)
+def test_constraints_func_by_dotted_path_or_target_node(target):
+    for func in (
+        f"{__name__}.positive_is_infeasible",
+        {"_target_": "hydra.utils.get_method", "path": f"{__name__}.positive_is_infeasible"},
+    ):
+        cfg = {"_target_": target, "seed": 0, "constraints_func": func}
+        study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+        study.optimize(lambda t: t.suggest_float("a", -1, 1), n_trials=3)
+        for trial in study.trials:  # Optuna stored what the function said
+            assert list(trial.system_attrs["constraints"]) == [trial.params["a"]]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["optuna.samplers.QMCSampler", "optuna.samplers.CmaEsSampler", "optuna.samplers.GPSampler"],
+)
+def test_independent_sampler_from_a_target_node(target):
+    cfg = {
+        "_target_": target,
+        "seed": 0,
+        "independent_sampler": {"_target_": f"{__name__}.CountingSampler", "seed": 1},
+    }
+    study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+    CountingSampler.calls = 0
+    # a categorical parameter is outside what these samplers model: the independent one draws it
+    study.optimize(lambda t: len(t.suggest_categorical("c", ["p", "q"])), n_trials=3)
+    assert CountingSampler.calls >= 1  # the node was built and handed to the sampler
+
+
+def earlier_trials():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("a", -1, 1) ** 2, n_trials=20)
+    return study.trials
+
+
+def test_cmaes_source_trials_from_a_target_node():
+    cfg = {
+        "_target_": "optuna.samplers.CmaEsSampler",
+        "seed": 0,
+        "source_trials": {"_target_": f"{__name__}.earlier_trials"},
+    }
+    study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+    study.optimize(lambda t: t.suggest_float("a", -1, 1) ** 2, n_trials=3)
+    assert len(study.trials) == 3
+    # the trials reach Optuna, which refuses them together with use_separable_cma
+    with pytest.raises(SweeperError, match="CmaEsSampler: .*source_trials"):
+        _study_setup.build_sampler({**cfg, "use_separable_cma": True})

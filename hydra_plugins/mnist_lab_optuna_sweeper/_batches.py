@@ -78,12 +78,12 @@ class Batches:
             raise
         return batch
 
-    def run(self, batch: Batch) -> tuple[Sequence[JobReturn], int]:
+    def run(self, batch: Batch) -> tuple[Sequence[JobReturn], list[optuna.Trial]]:
         """Launch the trials that compose, tell every outcome; (job returns, failed trials)."""
         try:
             jobs, not_composed = composable(self.study, batch, self.hydra_context, self.config)
             self.in_flight.difference_update(t.number for t in not_composed)
-            failed = len(not_composed)
+            failed = list(not_composed)
             results: Sequence[JobReturn] = []
             if jobs:
                 with Heartbeat([t for t, _ in jobs], self.heartbeat_interval):
@@ -92,7 +92,8 @@ class Batches:
                     )
                 self.job_idx += len(results)
                 for (trial, _), ret in zip(jobs, results, strict=True):
-                    failed += tell_job(self.study, trial, ret, self.n_objectives)
+                    if tell_job(self.study, trial, ret, self.n_objectives):
+                        failed.append(trial)
                     self.in_flight.discard(trial.number)
             return results, failed
         except BaseException as e:

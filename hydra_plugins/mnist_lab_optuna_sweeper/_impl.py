@@ -131,13 +131,16 @@ class OptunaSweeperImpl(Sweeper):
                 break
             batch_returns, batch_failed = batches.run(batch)
             returns.append(batch_returns)
-            failed += batch_failed
+            failed += len(batch_failed)
+            # Over the trials this sweep set out to run, not per batch (README, compatibility).
             if failed > s.max_failure_rate * planned:
                 report(study, url, directions, s.n_trials, self.config)
+                last = batch_failed[-1]
                 raise SweeperError(
                     f"stopping the sweep: {failed} of the trials it ran failed, more than "
-                    f"max_failure_rate={s.max_failure_rate} of {planned} (reasons: user "
-                    f"attribute `reason`, or the job logs)"
+                    f"max_failure_rate={s.max_failure_rate} of {planned}; last, trial "
+                    f"{last.number}: {last.user_attrs.get('reason')} (every trial's reason: "
+                    "user attribute `reason`, or the job logs)"
                 )
         message = report(study, url, directions, s.n_trials, self.config)
         if message is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,9 @@ def open_study(
             f"study {study.study_name!r} was created with direction {stored}, not {directions}"
         )
     if metric_names is not None:
-        study.set_metric_names(list(metric_names))
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metric_names))
     if url is None:
         optuna_study.keep_in_memory(study.study_name, storage)
     if seeded and study.get_trials(deepcopy=False):
