@@ -69,7 +69,7 @@ def report(
     result: dict[str, Any] = {
         "name": "optuna",
         "study_name": study.study_name,
-        "storage": display_url(url),
+        "storage": None if url is None else display_url(url),
         "directions": directions,
         "metric_names": study.metric_names,
         "n_trials": n_trials,
