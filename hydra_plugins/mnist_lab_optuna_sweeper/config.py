@@ -112,13 +112,6 @@ class GPSamplerConfig(SamplerConfig):
 
 
 @dataclass
-class MOTPESamplerConfig:
-    """Kept so that `hydra/sweeper/sampler=motpe` says it was removed (REMOVED_SAMPLERS)."""
-
-    _target_: str = "optuna.samplers.MOTPESampler"
-
-
-@dataclass
 class MedianPrunerConfig:
     """Steps are epochs 1, 2, ... (the untrained epoch 0 is not reported), so the first pruning
     decision comes after epoch max(1, n_warmup_steps)."""
@@ -202,10 +195,17 @@ def register() -> None:
         "qmc": QMCSamplerConfig,
         "nsgaii": NSGAIISamplerConfig,
         "gp": GPSamplerConfig,
-        "motpe": MOTPESamplerConfig,
     }
     for name, node in samplers.items():
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider=provider)
+    # Kept so that `sampler=motpe` says it was removed (REMOVED_SAMPLERS); a plain dict, so an old
+    # config's MOTPE keys reach that message instead of an unknown-key error.
+    cs.store(
+        group="hydra/sweeper/sampler",
+        name="motpe",
+        node={"_target_": "optuna.samplers.MOTPESampler"},
+        provider=provider,
+    )
     # A plain dict, not a dataclass: a config may replace it with any pruner's keys.
     cs.store(
         group="hydra/sweeper/pruner",
