@@ -285,6 +285,18 @@ def test_several_objectives_give_the_pareto_front(sweep):
     assert all(t.intermediate_values == {} for t in s.trials)  # Optuna: no reports for several
 
 
+def test_several_objectives_none_completed_gives_empty_solutions(sweep, tmp_path):
+    with pytest.raises(SweeperError, match="no trial of study 's' completed"):
+        sweep(
+            "hydra.sweeper.direction=[maximize,minimize]",
+            "mode=raise",
+            "hydra.sweeper.max_failure_rate=1.0",
+            n_trials=2,
+        )
+    results = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1").results()
+    assert results["solutions"] == [] and results["trials"] == {"fail": 2}
+
+
 # ---------------------------------------------------------------- pruning
 
 

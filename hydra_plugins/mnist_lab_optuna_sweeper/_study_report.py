@@ -83,7 +83,10 @@ def report(
             f"({', '.join(f'{v} {k}' for k, v in result['trials'].items()) or 'no trials'}); "
             "see each trial's `reason` user attribute"
         )
-        result["best_trial" if len(directions) == 1 else "solutions"] = None
+        if len(directions) == 1:
+            result["best_trial"] = None
+        else:
+            result["solutions"] = []
     elif len(directions) == 1:
         best = describe(study.best_trial, config)
         result.update(best_value=best["value"], best_params=best["params"], best_trial=best)
