@@ -113,16 +113,15 @@ def terminal_report(result, sweep_dir: Path, root: Path) -> str:
 
 
 def configured_settings() -> dict:
-    """The summarize node of the composed conf/config.yaml (without `_target_`)."""
-    from hydra import compose, initialize_config_dir
+    """The summarize node of conf/config.yaml (without `_target_`).
 
-    from mnist_lab.config import REPO_ROOT  # registers the schema and resolvers
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", return_hydra_config=True)
-    node = OmegaConf.select(cfg, NODE)
+    Read from the file itself rather than by composing the whole config: composing imports every
+    model's schema, and so torch, which would add seconds to each start of the summary CLI.
+    """
+    config_file = Path(__file__).resolve().parent.parent / "conf" / "config.yaml"
+    node = OmegaConf.select(OmegaConf.load(config_file), NODE)
     if node is None:
-        raise LabError(f"conf/config.yaml has no {NODE} node")
+        raise LabError(f"{config_file} has no {NODE} node")
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("_target_", None)
     return settings
