@@ -32,9 +32,10 @@ from mnist_lab import stacked
 from mnist_lab.cuda_graph import GraphEpoch
 from mnist_lab.models import build_model
 from mnist_lab.records import EVAL_KEYS
-from mnist_lab.task import RecordedRun, build_learner, build_trainer, describe, epoch_hooks
+from mnist_lab.knobs import check_knobs
+from mnist_lab.task import RecordedRun, build_learner, build_trainer, epoch_hooks, model_facts
 from mnist_lab.trainer import Diverged, Trainer, eager_epoch, log_epoch
-from mnist_lab.validate import check_config, resolve_device, switch
+from mnist_lab.validate import check_config, parse_switch, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ def _probe(cfg: DictConfig) -> stacked.Member | None:
     """The job's model and optimizer as a stack member (built on the CPU: only shapes matter)."""
     check_config(cfg)
     trainer = cfg.trainer
-    if trainer.compile or trainer.log_interval or switch("trainer.progress", trainer.progress) is True:
+    if trainer.compile or trainer.log_interval or parse_switch("trainer.progress", trainer.progress) is True:
         return None  # per-step output or compilation: features of the single-model loop
-    if switch("trainer.save_figures", trainer.save_figures) is True:
+    if parse_switch("trainer.save_figures", trainer.save_figures) is True:
         return None
     model = build_model(cfg.model, torch.device("cpu"))
     return stacked.member_of(build_learner(cfg, model, 1, capture=False))
@@ -102,7 +103,7 @@ class GroupTrainer:
         first = trainers[0]
         self.trainers = trainers
         self.data, self.plan = first.data, first.plan
-        self.settings = first.s
+        self.settings = first.settings
         self.learner = stacked.stack([t.learner for t in trainers], rngs)
         if self.learner is None:
             raise ValueError("these jobs cannot be stacked")
@@ -115,7 +116,7 @@ class GroupTrainer:
             return None
         d = self.data
         b = self.settings.batch_size
-        return GraphEpoch(self.learner, d.train_x, d.train_y, b, members=(len(self.alive),))
+        return GraphEpoch(self.learner, d.train_x, d.train_y, b, 0, members=(len(self.alive),))
 
     def train_epoch(self, epoch: int) -> tuple[list, list]:
         """Each member's mean training loss and accuracy over the epoch."""
@@ -210,12 +211,13 @@ def train_group(jobs: list[Job], group: dict) -> list:
             with job.context():
                 runs[j] = run = RecordedRun(job.cfg, **facts)
                 try:
+                    check_knobs(job.cfg, run.record.facts.get("overrides", []))
                     trainer = build_trainer(job.cfg, multirun=True)
                     # The single run's dropout masks come from the global generator after the model
                     # was built: each member continues that stream in a generator of its own.
                     rngs.append(torch.Generator().set_state(torch.get_rng_state()))
-                    describe(run.record, trainer.learner.model, trainer.data)
-                    hooks.append(epoch_hooks(run.record))
+                    run.record.facts.update(model_facts(trainer.learner.model, trainer.data))
+                    hooks.append(epoch_hooks(job.cfg, run.record))
                 except KeyboardInterrupt:
                     raise
                 except BaseException as e:
