@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import stacked
 from mnist_lab.cuda_graph import GraphEpoch
+from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model
 from mnist_lab.records import EVAL_KEYS
-from mnist_lab.knobs import check_knobs
 from mnist_lab.task import RecordedRun, build_learner, build_trainer, epoch_hooks, model_facts
 from mnist_lab.trainer import Diverged, Trainer, eager_epoch, log_epoch
 from mnist_lab.validate import check_config, parse_switch, resolve_device
@@ -54,7 +54,11 @@ def _probe(cfg: DictConfig) -> stacked.Member | None:
     """The job's model and optimizer as a stack member (built on the CPU: only shapes matter)."""
     check_config(cfg)
     trainer = cfg.trainer
-    if trainer.compile or trainer.log_interval or parse_switch("trainer.progress", trainer.progress) is True:
+    if (
+        trainer.compile
+        or trainer.log_interval
+        or parse_switch("trainer.progress", trainer.progress) is True
+    ):
         return None  # per-step output or compilation: features of the single-model loop
     if parse_switch("trainer.save_figures", trainer.save_figures) is True:
         return None
@@ -140,12 +144,21 @@ class GroupTrainer:
             row["eval_seconds"] = seconds
         return rows
 
-    def fit(self, on_row: Callable[[int, dict], None], on_stop: Callable[[int, BaseException], None]):
+    def fit(
+        self, on_row: Callable[[int, dict], None], on_stop: Callable[[int, BaseException], None]
+    ):
         """Epoch 0, then each epoch; `on_row(member, row)` may raise to stop that member alone."""
         nan = math.nan
         initial = self._evaluate()
-        self._emit([{"epoch": 0, "train/loss": nan, "train/acc": nan, "lr": nan, **r, "seconds": 0.0}
-                    for r in initial], [False] * len(initial), on_row, on_stop)
+        self._emit(
+            [
+                {"epoch": 0, "train/loss": nan, "train/acc": nan, "lr": nan, **r, "seconds": 0.0}
+                for r in initial
+            ],
+            [False] * len(initial),
+            on_row,
+            on_stop,
+        )
         s = self.settings
         for epoch in range(1, s.epochs + 1):
             if not self.alive:
@@ -171,7 +184,9 @@ class GroupTrainer:
             try:
                 on_row(k, row)
                 if diverged[i]:
-                    raise Diverged(f"training loss became {row['train/loss']} in epoch {row['epoch']}")
+                    raise Diverged(
+                        f"training loss became {row['train/loss']} in epoch {row['epoch']}"
+                    )
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # pruned, diverged, or a hook that failed: this member only
@@ -246,7 +261,9 @@ def train_group(jobs: list[Job], group: dict) -> list:
             value = runs[j].record.summary()["final"]["val/acc"]
             outcomes[j] = _settle(jobs[j], runs[j], None, value)
         return outcomes
-    except BaseException as e:  # Ctrl-C, or a fault of the shared step: every member's record says so
+    except (
+        BaseException
+    ) as e:  # Ctrl-C, or a fault of the shared step: every member's record says so
         if not isinstance(e, KeyboardInterrupt):
             log.error("batched training failed: %s", e, exc_info=True)
         for j, run in enumerate(runs):

@@ -76,7 +76,9 @@ class GraphEpoch:
         device = x_all.device
         # `members`: () for one model, (K,) for K stacked ones (mnist_lab.stacked), each with its
         # own sample order, loss and hits.
-        self.idx = torch.zeros(self.steps_per_graph, *members, batch_size, dtype=torch.long, device=device)
+        self.idx = torch.zeros(
+            self.steps_per_graph, *members, batch_size, dtype=torch.long, device=device
+        )
         self.mean_losses = torch.zeros(members, device=device)  # sum over steps of batch means
         self.hits = torch.zeros(*members, batch_size, dtype=torch.long, device=device)
         self.lr_table = self.lr = None

@@ -156,7 +156,10 @@ class StackedLearner(Learner):
         super().__init__(self.models[0], lrs.to(self.device))
         self.scheduled = any(lrn.scheduled for lrn in learners)
         self.lr = self.lrs[0].clone()
-        self.params = [torch.stack([m.params[i].detach() for m in members]) for i in range(len(members[0].params))]
+        self.params = [
+            torch.stack([m.params[i].detach() for m in members])
+            for i in range(len(members[0].params))
+        ]
         for k, m in enumerate(members):
             m.rebind([p[k] for p in self.params])
         self.acts = [scratch.ACTIVATIONS[self.shape.activation]() for _ in self.params[2::2]]

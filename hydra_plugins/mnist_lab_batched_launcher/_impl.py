@@ -147,7 +147,8 @@ class BatchedLauncherImpl:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [
-            self._compose(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)
+            self._compose(overrides, initial_job_idx + i)
+            for i, overrides in enumerate(job_overrides)
         ]
         groups: dict[str, list[int]] = {}
         for i, config in enumerate(configs):
@@ -196,7 +197,9 @@ class BatchedLauncherImpl:
         nums = [int(configs[i].hydra.job.num) for i in members]
         group = {"group": self.groups_run, "jobs": nums}
         self.groups_run += 1
-        log.info("stack %d of %d jobs: #%s", group["group"], len(members), ", #".join(map(str, nums)))
+        log.info(
+            "stack %d of %d jobs: #%s", group["group"], len(members), ", #".join(map(str, nums))
+        )
         jobs = [_MemberJob(configs[i]) for i in members]
         for job in jobs:
             log.info("\t#%d : %s", job.config.hydra.job.num, " ".join(self._shown(job.config)))
