@@ -51,7 +51,9 @@ def batches(k, seed=0):
 
 
 def max_diff(a, b) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    return max(
+        (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "leaky_relu"])
@@ -60,7 +62,9 @@ def test_each_member_follows_its_own_single_model(name, activation):
     opt, kws = SETTINGS[name]
     singles = [learner(k, opt, kw, activation) for k, kw in enumerate(kws)]
     members = [learner(k, opt, kw, activation) for k, kw in enumerate(kws)]
-    assert max(max_diff(a.model, b.model) for a, b in zip(singles, members)) == 0  # same init
+    assert (
+        max(max_diff(a.model, b.model) for a, b in zip(singles, members, strict=True)) == 0
+    )  # same init
     stack = stacked.stack(members)
     x, y = batches(len(kws))
     for s in range(STEPS):
@@ -69,7 +73,7 @@ def test_each_member_follows_its_own_single_model(name, activation):
         )
         losses, _ = stack.step(x[s], y[s])
         assert torch.allclose(losses, single_losses, rtol=0, atol=1e-12)
-    for single, member in zip(singles, members):
+    for single, member in zip(singles, members, strict=True):
         assert max_diff(single.model, member.model) < 1e-10  # the member's model is a view
 
 
@@ -96,7 +100,7 @@ def test_schedule_dropout_and_log_softmax_head():
     for s in range(STEPS):
         stack.set_lr(stack.lrs[s])
         stack.step(x[s], y[s])
-    for single, member in zip(singles, members):
+    for single, member in zip(singles, members, strict=True):
         assert max_diff(single.model, member.model) < 1e-10
 
 
@@ -113,9 +117,12 @@ def test_scratch_model_joins_with_its_floor():
         single = torch.stack([lrn.step(x[s, k], y[s, k])[0] for k, lrn in enumerate(singles)])
         losses, _ = stack.step(x[s], y[s])
         assert torch.allclose(losses, single, rtol=0, atol=1e-12)  # the floored loss reported
-    for a, b in zip(singles, members):
+    for a, b in zip(singles, members, strict=True):
         assert (
-            max((p - q).abs().max() for p, q in zip(a.model.parameters(), b.model.parameters()))
+            max(
+                (p - q).abs().max()
+                for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True)
+            )
             < 1e-10
         )
 
@@ -136,7 +143,9 @@ def test_a_dropped_member_freezes_and_the_others_are_unchanged():
         for s in range(STEPS):
             singles[k].step(x[s, k], y[s, k])
         assert max_diff(singles[k].model, members[k].model) < 1e-10
-    assert all(torch.equal(a, b) for a, b in zip(frozen, members[2].model.parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(frozen, members[2].model.parameters(), strict=True)
+    )
 
 
 def test_what_cannot_join_is_refused():
