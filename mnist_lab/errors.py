@@ -13,3 +13,11 @@ class ConfigError(LabError):
 
 class DataError(LabError):
     """The MNIST files are missing, truncated or do not match their checksums."""
+
+
+class OutputError(LabError, OSError):
+    """An output file cannot be written (read-only or full disk, a folder that is a file)."""
+
+
+class SweepFailed(Exception):
+    """A sweep ran but too many of its trials failed (exit status 1, not a mistake in input)."""

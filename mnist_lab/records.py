@@ -13,9 +13,12 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from mnist_lab.errors import OutputError
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
@@ -44,16 +47,23 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write whole or not at all: temp file in the same folder, then rename over the target."""
+    """Write whole or not at all: temp file in the same folder, then rename over the target.
+
+    Raises `OutputError` (one line naming the file and what failed) when the disk refuses.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -101,6 +111,7 @@ class RunRecord:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         self.facts = {"schema_version": SCHEMA_VERSION, "status": "running", "reason": None}
+        self.facts.update(host=socket.gethostname(), pid=os.getpid())  # see `mark_stopped`
         self.facts.update(facts)
         self.facts["started_at"] = _now()
 
@@ -143,3 +154,34 @@ class RunRecord:
     def finish(self, status: str, reason: str | None = None, **facts) -> None:
         self.facts.update(status=status, reason=reason, finished_at=_now(), **facts)
         self.save()
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, TypeError, ValueError):
+        return True  # another user's process, or no pid: not ours to judge
+    return True
+
+
+def mark_stopped(folder: Path, status: str, reason: str) -> list[Path]:
+    """Records under `folder` still `running` whose process on this host is gone get `status`.
+
+    A sweep stopped by a signal has its launcher kill the worker processes (joblib's loky uses
+    SIGKILL), which can leave a job's record saying `running` forever; the sweep process calls
+    this on its way out so that every record it leaves is final. A live job is never touched.
+    """
+    changed = []
+    host = socket.gethostname()
+    for path in sorted(Path(folder).rglob(RESULT_FILE)):
+        data = read_record(path, warn=False)
+        if not data or data.get("status") != "running" or data.get("host") != host:
+            continue
+        if _alive(data.get("pid")):
+            continue
+        data.update(status=status, reason=reason, finished_at=_now())
+        atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
+        changed.append(path)
+    return changed

@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import pruning
 from mnist_lab.data import load_mnist
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import ConfigError, LabError, OutputError
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
+from mnist_lab.signals import install_in_worker, stop_status
 from mnist_lab.trainer import (
     AutogradLearner,
     Diverged,
@@ -147,6 +148,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
 
 
 def run_task(cfg: DictConfig) -> float:
+    install_in_worker()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -170,6 +172,18 @@ def run_task(cfg: DictConfig) -> float:
             "device_name": None,
         },
     )
+    try:
+        return _train_and_record(cfg, record, multirun)
+    except OutputError as e:  # the record cannot be written: one line; a sweep goes on
+        if not multirun:
+            log.error("%s", e)
+            raise SystemExit(2) from None
+        log.error("job failed: %s", e)
+        return math.nan
+
+
+def _train_and_record(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
+    run_dir = record.run_dir
     started = time.perf_counter()
     try:
         value = train(cfg, record, multirun)
@@ -182,7 +196,14 @@ def run_task(cfg: DictConfig) -> float:
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
         status = "pruned" if _is_pruned(e) else "failed"
-        record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        if isinstance(e, KeyboardInterrupt):
+            status, _ = stop_status(e)
+            reason = f"stopped by {e}" if str(e) else status
+        try:
+            record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        except OutputError:
+            if not isinstance(e, KeyboardInterrupt):
+                raise
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log
