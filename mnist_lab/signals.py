@@ -25,10 +25,11 @@ def stop_status(error: BaseException) -> tuple[str, int]:
 
 
 def _again(signum, frame) -> None:
-    """A second SIGINT/SIGTERM: the user does not want to wait for the clean-up."""
-    status = 143 if signum == signal.SIGTERM else 130
+    """A second SIGINT/SIGTERM: the user does not want to wait for the clean-up. The process
+    dies of the signal itself (its default action), which a shell reports as 130 / 143."""
     os.write(2, f"stopped at once by a second {signal.Signals(signum).name}\n".encode())
-    os._exit(status)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _first(signum, frame) -> None:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +62,11 @@ class AutogradLearner(Learner):
     (the last partial batch) stay uncompiled rather than trigger a second compilation.
     """
 
-    def __init__(self, model, optimizer, head: str, lrs: list[float], compile_batch=None):
+    def __init__(self, model, optimizer, lrs: list[float], compile_batch=None):
         super().__init__(model, lrs)
         self.optimizer = optimizer
-        self.loss_fn = F.nll_loss if head == "log_softmax" else F.cross_entropy
+        # A model whose outputs are log-probabilities says so (mnist_lab.models.MLP.log_probs).
+        self.loss_fn = F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy
         self.compile_batch = compile_batch
         self._compiled = torch.compile(self._forward_loss, dynamic=False) if compile_batch else None
 
@@ -89,8 +91,22 @@ class AutogradLearner(Learner):
         return self.loss_fn(out, y, reduction="sum")
 
 
+@runtime_checkable
+class OwnBackward(Protocol):
+    """A model that computes its own gradients and updates itself (no autograd, no torch.optim),
+    such as `mnist_lab.scratch.ScratchMLP`: trained by `ScratchLearner`."""
+
+    def forward(self, x): ...
+
+    def loss(self, logits, targets): ...
+
+    def loss_and_backward(self, logits, targets): ...
+
+    def sgd_step(self, lr) -> None: ...
+
+
 class ScratchLearner(Learner):
-    """The hand-written MLP: its own backward and in-place SGD update, no autograd."""
+    """A model with its own backward (`OwnBackward`): forward, backward, in-place SGD update."""
 
     def eval_loss(self, out, y):
         return self.model.loss(out, y) * len(y)  # the lab's loss, its probability floor included
@@ -147,22 +163,24 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]
 
 @dataclass
 class TrainSettings:
+    """The loop's settings, from `data` and `trainer` in the config (their values live in conf/)."""
+
     epochs: int
     batch_size: int
     shuffle: bool
     drop_last: bool
     seed: int
     eval_batch_size: int
-    eval_every_epoch: bool = True
-    log_interval: int = 0
-    progress: bool = False
+    eval_every_epoch: bool
+    log_interval: int
+    progress: bool
 
 
 class Trainer:
     def __init__(self, learner: Learner, data: MnistTensors, settings: TrainSettings, graph=None):
         self.learner = learner
         self.data = data
-        self.s = settings
+        self.settings = settings
         self.graph = graph  # a mnist_lab.cuda_graph.GraphEpoch, or None for eager steps
         self.plan = batch_plan(data.n_train, settings.batch_size, settings.drop_last)
         self._order = torch.Generator().manual_seed(settings.seed)
@@ -176,7 +194,7 @@ class Trainer:
         return len(self.plan)
 
     def _evaluate(self) -> dict:
-        d, b = self.data, self.s.eval_batch_size
+        d, b = self.data, self.settings.eval_batch_size
         val_loss, val_acc = evaluate(self.learner, d.val_x, d.val_y, b)
         test_loss, test_acc = evaluate(self.learner, d.test_x, d.test_y, b)
         return dict(zip(EVAL_KEYS, (val_loss, val_acc, test_loss, test_acc), strict=True))
@@ -184,7 +202,7 @@ class Trainer:
     def _epoch_order(self) -> torch.Tensor:
         # The permutation is drawn on the CPU so that a seed means the same order on every device.
         idx = self.data.train_idx
-        if not self.s.shuffle:
+        if not self.settings.shuffle:
             return idx
         return idx[torch.randperm(len(idx), generator=self._order).to(idx.device)]
 
@@ -195,9 +213,16 @@ class Trainer:
         if self.graph is not None:
             loss_sum, correct = self.graph.run_epoch(order, plan, first)
         else:
-            bar = _progress(len(plan), epoch, self.s.progress)
+            bar = _progress(len(plan), epoch, self.settings.progress)
             loss_sum, correct = eager_epoch(
-                self.learner, d.train_x, d.train_y, order, plan, first, self.s.log_interval, bar
+                self.learner,
+                d.train_x,
+                d.train_y,
+                order,
+                plan,
+                first,
+                self.settings.log_interval,
+                bar,
             )
             if bar is not None:
                 bar.close()
@@ -210,13 +235,13 @@ class Trainer:
         row.update(self._timed_evaluate())
         row["seconds"] = 0.0
         self._emit(row, hooks)
-        for epoch in range(1, self.s.epochs + 1):
+        for epoch in range(1, self.settings.epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
             row["lr"] = self.learner.lrs[epoch * self.steps_per_epoch - 1]
             row["seconds"] = time.perf_counter() - start
             diverged = not math.isfinite(row["train/loss"])
-            evaluated = self.s.eval_every_epoch or epoch == self.s.epochs or diverged
+            evaluated = self.settings.eval_every_epoch or epoch == self.settings.epochs or diverged
             if evaluated:
                 row.update(self._timed_evaluate())
             else:

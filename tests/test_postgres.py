@@ -30,6 +30,7 @@ RECIPE = [
     f"epochs={EPOCHS}",
     "data.train_subset=1000",
     "trainer.device=cpu",
+    "lr=tag(log, interval(1e-3, 1e-1))",  # no diverging trial: every one reports its epochs
 ]
 
 

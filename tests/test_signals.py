@@ -108,7 +108,9 @@ def test_joblib_workers_jobs_are_recorded(tmp_path, sig, group):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_optuna_sweep_fails_the_trial_and_a_rerun_tops_up(tmp_path, sig):
     storage = f"sqlite:///{tmp_path}/optuna.db"
+    # lr and optimizer fixed: no trial may diverge and end before the signal comes
     args = ["-m", "hparams_search=mlp_optuna", f"hydra.sweeper.storage={storage}"]
+    args += ["lr=0.01", "optimizer=sgd"]
     proc = _start(tmp_path, [*args, "hydra.sweeper.n_trials=2", *LONG])
     output = _stop_when_training(proc, tmp_path, sig)
     status = _assert_clean_stop(proc, output, sig)
@@ -156,5 +158,5 @@ def test_second_signal_exits_at_once(sig):
     started = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=10)
-    assert proc.returncode == STATUS[sig][1] and time.monotonic() - started < 5
+    assert proc.returncode == -sig and time.monotonic() - started < 5  # a shell shows 128 + sig
     assert err.strip() == f"stopped at once by a second {signal.Signals(sig).name}"
