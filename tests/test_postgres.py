@@ -28,7 +28,7 @@ RECIPE = [
     "hparams_search=mlp_optuna",
     "hydra.sweeper.storage=${oc.env:MNIST_LAB_STORAGE}",
     f"epochs={EPOCHS}",
-    "data.train_subset=1000",
+    "data.train_subset=1024",  # the search space has batch sizes up to 1024
     "trainer.device=cpu",
     "lr=tag(log, interval(1e-3, 1e-1))",  # no diverging trial: every one reports its epochs
 ]

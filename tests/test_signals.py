@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from mnist_lab.records import read_record
 
-LONG = ["epochs=100", "data.train_subset=1000", "trainer.device=cpu"]
+LONG = ["epochs=100", "data.train_subset=1024", "trainer.device=cpu"]  # batch_size <= 1024
 STATUS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
 
 
