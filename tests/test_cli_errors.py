@@ -41,7 +41,7 @@ CASES = [
     (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: one of auto, cpu"),
     (["data.val_size=70000"], "data.val_size=70000 is not allowed: must be in [0, 60000)"),
     (["scheduler=cosinex"], "scheduler=cosinex: no such option (did you mean cosine?)"),
-    (["model=mlpx"], "model=mlpx: no such option (did you mean mlp?)"),
+    (["model=mlpx"], "model=mlpx: no such option (did you mean mlp or resmlp?)"),
     (["hidden=[1,2"], "cannot parse override 'hidden=[1,2'"),
     (["hidden="], "hidden=: Value '' of type 'str' could not be converted to Integer"),
     (["=3"], "an override is key=value"),
@@ -62,7 +62,7 @@ CASES = [
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: must be a number > 0"),
     (["data.train_subset=0"], "data.train_subset=0 is not allowed"),
     (["model.activation=relux"], "expected one of [relu,"),
-    ([*OPTUNA, "hydra/sweeper/sampler=nope"], "options of hydra/sweeper/sampler: cmaes, grid"),
+    ([*OPTUNA, "hydra/sweeper/sampler=nope"], "options of hydra/sweeper/sampler: cmaes, gp, grid"),
     ([*OPTUNA, "hydra/sweeper/pruner=nope"], "options of hydra/sweeper/pruner:"),
     ([*OPTUNA, "hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1 is not allowed"),
     ([*OPTUNA, "lr=interval(1,0)"], "lr=interval(1,0)"),
@@ -152,3 +152,10 @@ def test_exit_statuses_of_other_errors():
     lines, code = explain(OutputError("cannot write /x/result.json: No space left on device"))
     assert code == 2 and lines == ["cannot write /x/result.json: No space left on device"]
     assert explain(RuntimeError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_sweep_whose_trials_fail_exits_1(cli_main):
+    code, output = cli_main(*OPTUNA, "hydra.sweeper.n_trials=1", "hidden=0")
+    assert code == 1, output
+    assert output.splitlines()[-1].startswith("stopping the sweep: 1 of the trials it ran failed")
+    assert "Traceback" not in output
