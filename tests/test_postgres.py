@@ -66,7 +66,7 @@ def _check_study(url: str, study_name: str, n_trials: int) -> list[optuna.trial.
 def _job_pids(tmp_path: Path) -> set[int]:
     records = [read_record(p) for p in tmp_path.rglob("result.json")]
     assert records and all(r is not None for r in records)
-    return {r["pid"] for r in records}
+    return {r["writer"]["pid"] for r in records}
 
 
 def _assert_no_password(tmp_path: Path, password: str) -> None:
