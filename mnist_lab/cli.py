@@ -57,9 +57,9 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _closest(word: str, names) -> str:
+def _closest(word: str, names, prefix: str = "") -> str:
     close = difflib.get_close_matches(word, [str(n) for n in names], n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
 
 
 def _missing_option(error: MissingConfigException) -> list[str]:
@@ -79,8 +79,7 @@ def _unknown_key(cause: OmegaConfBaseException) -> list[str]:
     node = cause.parent_node
     names = [str(k) for k in node.keys() if k != "hydra"] if node is not None else []
     known = f"keys of {parent or 'the config'}: {', '.join(names)}" if names else ""
-    prefix = f"{parent}." if parent else ""
-    close = _closest(key, names).replace("mean ", f"mean {prefix}").replace(" or ", f" or {prefix}")
+    close = _closest(key, names, prefix=f"{parent}." if parent else "")
     return [f"unknown key {full_key}{close}", known]
 
 

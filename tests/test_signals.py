@@ -28,6 +28,7 @@ STATUS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 14
 
 
 def _start(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     cmd = [sys.executable, str(RUN_PY), *args]
     cmd += [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
