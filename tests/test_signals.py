@@ -125,11 +125,7 @@ def test_optuna_sweep_fails_the_trial_and_a_rerun_tops_up(tmp_path, sig):
         rerun = _start(tmp_path / "rerun", [*args, *quick, "trainer.device=cpu"])
         assert rerun.communicate(timeout=300)[1] is None and rerun.returncode == 0
         trials = optuna.load_study(study_name="mlp", storage=storage).get_trials()
-        assert [t.state for t in trials] == [
-            TrialState.FAIL,
-            TrialState.COMPLETE,
-            TrialState.COMPLETE,
-        ]
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # n_trials
 
 
 SLOW_CLEAN_UP = textwrap.dedent(
