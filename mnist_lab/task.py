@@ -24,11 +24,12 @@ from torch import nn
 
 from mnist_lab import trial_reporting
 from mnist_lab.data import load_mnist
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import ConfigError, LabError, OutputError
 from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
+from mnist_lab.signals import install_in_worker, stop_status
 from mnist_lab.trainer import (
     AutogradLearner,
     Diverged,
@@ -234,9 +235,16 @@ class RecordedRun:
         e = error
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
         status = "pruned" if _is_pruned(e) else "failed"
+        if isinstance(e, KeyboardInterrupt):
+            status, _ = stop_status(e)
+            reason = f"stopped by {e}" if str(e) else status
         # Bad input found before epoch 0: `refused`, never a result; the results tables skip it.
         refused = isinstance(e, LabError) and not record.rows
-        record.finish(status, reason, wall_seconds=wall, refused=refused)
+        try:
+            record.finish(status, reason, wall_seconds=wall, refused=refused)
+        except OutputError:
+            if not isinstance(e, KeyboardInterrupt):
+                raise
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise e
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log
@@ -250,9 +258,17 @@ class RecordedRun:
 
 
 def run_task(cfg: DictConfig) -> float:
-    run = RecordedRun(cfg)
+    install_in_worker()
     try:
-        value = train(cfg, run.record, run.multirun)
-    except BaseException as e:
-        return run.conclude(e)
-    return run.conclude(None, value)
+        run = RecordedRun(cfg)
+        try:
+            value = train(cfg, run.record, run.multirun)
+        except BaseException as e:
+            return run.conclude(e)
+        return run.conclude(None, value)
+    except OutputError as e:  # the record cannot be written: one line; a sweep goes on
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            log.error("%s", e)
+            raise SystemExit(2) from None
+        log.error("job failed: %s", e)
+        return math.nan
