@@ -108,11 +108,7 @@ class _MemberJob:
 
 class BatchedLauncherImpl:
     def __init__(self, max_batch: int | None, memory_fraction: float) -> None:
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ConfigError("hydra.launcher.max_batch", max_batch, "null or an integer >= 1")
-        if not isinstance(memory_fraction, (int, float)) or not 0 < memory_fraction <= 1:
-            raise ConfigError("hydra.launcher.memory_fraction", memory_fraction, "in (0, 1]")
-        self.max_batch, self.memory_fraction = max_batch, float(memory_fraction)
+        self.max_batch, self.memory_fraction = max_batch, memory_fraction
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -121,6 +117,12 @@ class BatchedLauncherImpl:
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # Checked here, not in __init__: Hydra's instantiate would wrap the one-line error.
+        max_batch, fraction = self.max_batch, self.memory_fraction
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ConfigError("hydra.launcher.max_batch", max_batch, "null or an integer >= 1")
+        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError("hydra.launcher.memory_fraction", fraction, "in (0, 1]")
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def _compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
