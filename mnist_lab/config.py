@@ -83,6 +83,7 @@ class ModelConfig:
     hidden_sizes: list[int] = MISSING
     activation: Activation = MISSING
     dropout: float = MISSING
+    input_dropout: float = MISSING
     batch_norm: bool = MISSING
     init: Init = MISSING
     init_std: float = MISSING
@@ -102,6 +103,20 @@ class SchedulerConfig:
     gamma: float | None = None
 
 
+class SaveWeights(str, Enum):
+    auto = "auto"
+    best = "best"
+    final = "final"
+    both = "both"
+    none = "none"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = MISSING
+    min_delta: float = MISSING
+
+
 @dataclass
 class TrainerConfig:
     device: str = MISSING
@@ -115,6 +130,10 @@ class TrainerConfig:
     matmul_precision: MatmulPrecision = MISSING
     compile: bool = MISSING
     save_figures: str = MISSING
+    label_smoothing: float = MISSING
+    max_norm: float | None = MISSING
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    save_weights: SaveWeights = MISSING
 
 
 @dataclass

@@ -36,6 +36,7 @@ def build_mlp(
     hidden_sizes: list[int],
     activation: str = "relu",
     dropout: float = 0.0,
+    input_dropout: float = 0.0,
     batch_norm: bool = False,
     init: str = "default",
     init_std: float = 0.01,
@@ -43,10 +44,12 @@ def build_mlp(
 ) -> nn.Sequential:
     """784 -> hidden_sizes... -> 10, each hidden block Linear [-> BatchNorm] -> act [-> Dropout].
 
+    `input_dropout` > 0 puts a Dropout on the pixels first (Srivastava et al. 2014 use 0.2).
+
     With `head="log_softmax"` the last module is LogSoftmax and the loss is NLL (as in the second
     write-up); otherwise the model returns logits for cross-entropy.
     """
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
     width = IN_FEATURES
     for size in hidden_sizes:
         linear = nn.Linear(width, size)
@@ -86,10 +89,18 @@ def build_model(model_cfg, device: torch.device):
         )
     return build_mlp(
         dropout=model_cfg.dropout,
+        input_dropout=model_cfg.input_dropout,
         batch_norm=model_cfg.batch_norm,
         head=model_cfg.head.value,
         **kwargs,
     ).to(device)
+
+
+def linear_weights(model) -> list[torch.Tensor]:
+    """The weight matrix of every linear layer (rows: a unit's incoming weights), for max-norm."""
+    if isinstance(model, nn.Module):
+        return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    return [linear.weight for linear in model.linears]  # the scratch model
 
 
 def count_parameters(model) -> int:

@@ -118,6 +118,8 @@ def epoch_reporter() -> Reporter | None:
         if epoch < 1 or value is None or not math.isfinite(value):
             return
         trial.report(float(value), step=epoch)
+        if metrics.get("last_epoch"):  # training ends here anyway (early stopping included)
+            return
         if trial.should_prune():
             raise optuna.TrialPruned(
                 f"pruned by {pruner_name} after epoch {epoch} (val/acc {value:.4f})"

@@ -36,6 +36,7 @@ from mnist_lab.trainer import (
     batch_plan,
 )
 from mnist_lab.validate import check_config, resolve_device, switch
+from mnist_lab.weights import WeightKeeper, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,22 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
     if cfg.model.name.value == "scratch":
         if cfg.trainer.compile:
             log.warning("trainer.compile applies to model=mlp only; the scratch model runs as is")
-        return ScratchLearner(model, lrs)
+        return ScratchLearner(model, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing)
     try:
         optimizer = instantiate(cfg.optimizer, params=model.parameters())
     except Exception as e:  # torch.optim refuses unknown or out-of-range settings
         cause = e.__cause__ or e
         raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
     compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
-    learner = AutogradLearner(model, optimizer, cfg.model.head.value, lrs, compile_batch)
+    learner = AutogradLearner(
+        model,
+        optimizer,
+        cfg.model.head.value,
+        lrs,
+        cfg.trainer.max_norm,
+        cfg.trainer.label_smoothing,
+        compile_batch,
+    )
     if capture:
         from mnist_lab.cuda_graph import prepare_optimizer
 
@@ -103,6 +112,8 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
         drop_last=cfg.data.drop_last,
         seed=cfg.trainer.seed,
         eval_batch_size=cfg.data.eval_batch_size,
+        patience=cfg.trainer.early_stopping.patience,
+        min_delta=cfg.trainer.early_stopping.min_delta,
         eval_every_epoch=cfg.trainer.eval_every_epoch,
         log_interval=cfg.trainer.log_interval,
         progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
@@ -131,11 +142,15 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         n_train=data.n_train,
         n_val=len(data.val_y),
     )
-    hooks = [record.add_epoch]
+    keeper = WeightKeeper(model, resolve_mode(cfg.trainer.save_weights.value, multirun))
+    hooks = [record.add_epoch, keeper]
     reporter = pruning.epoch_reporter()
     if reporter is not None:
         hooks.append(reporter)
     trainer.fit(hooks)
+    record.facts["stopped_early"] = trainer.stopped_early
+    # Written before the record says `completed`, so a record never names a missing file.
+    record.facts["weights"] = keeper.save(record.run_dir, record.summary()["epochs_run"])
     if trainer.graph is not None:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = switch("trainer.save_figures", cfg.trainer.save_figures)
@@ -168,6 +183,8 @@ def run_task(cfg: DictConfig) -> float:
             "param_count": None,
             "device": None,
             "device_name": None,
+            "stopped_early": None,
+            "weights": None,  # {"best", "final"}: the weight files a completed run wrote
         },
     )
     started = time.perf_counter()

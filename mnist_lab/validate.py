@@ -63,10 +63,14 @@ def check_config(cfg) -> None:
         _positive(f"model.hidden_sizes[{i}]", size)
     if not 0.0 <= model.dropout < 1.0:
         raise ConfigError("model.dropout", model.dropout, "must be in [0, 1)")
+    if not 0.0 <= model.input_dropout < 1.0:
+        raise ConfigError("model.input_dropout", model.input_dropout, "must be in [0, 1)")
     _positive("model.init_std", model.init_std)
     if not 0.0 <= model.prob_floor < 0.1:
         raise ConfigError("model.prob_floor", model.prob_floor, "must be in [0, 0.1)")
-    if model.name.value == "scratch" and (model.dropout > 0 or model.batch_norm):
+    if model.name.value == "scratch" and (
+        model.dropout > 0 or model.input_dropout > 0 or model.batch_norm
+    ):
         raise ConfigError("model.name", "scratch", "has no dropout or batch norm; set them off")
     lr = cfg.optimizer.get("lr") if hasattr(cfg.optimizer, "get") else None
     _positive("optimizer.lr", lr)
@@ -75,6 +79,7 @@ def check_config(cfg) -> None:
         raise ConfigError("trainer.log_interval", trainer.log_interval, "must be >= 0")
     for key in ("progress", "cuda_graph", "save_figures"):
         switch(f"trainer.{key}", trainer[key])
+    _check_regularisation(trainer, data)
     if not 0 <= data.val_size < TRAIN_SIZE:
         raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
     available = TRAIN_SIZE - data.val_size
@@ -98,3 +103,27 @@ def check_config(cfg) -> None:
                 )
         if cfg.optimizer.get("nesterov", False):
             raise ConfigError("optimizer.nesterov", True, "must be false with model=scratch")
+
+
+def _check_regularisation(trainer, data) -> None:
+    """Label smoothing, max-norm and early stopping: ranges, and what early stopping needs."""
+    if not 0.0 <= trainer.label_smoothing < 1.0:
+        raise ConfigError("trainer.label_smoothing", trainer.label_smoothing, "must be in [0, 1)")
+    if trainer.max_norm is not None:
+        _positive("trainer.max_norm", trainer.max_norm)
+    stopping = trainer.early_stopping
+    if stopping.min_delta < 0:
+        raise ConfigError("trainer.early_stopping.min_delta", stopping.min_delta, "must be >= 0")
+    if stopping.patience is None:
+        return
+    _positive("trainer.early_stopping.patience", stopping.patience)
+    if data.val_size == 0:
+        raise ConfigError(
+            "trainer.early_stopping.patience", stopping.patience, "needs data.val_size > 0"
+        )
+    if not trainer.eval_every_epoch:
+        raise ConfigError(
+            "trainer.early_stopping.patience",
+            stopping.patience,
+            "needs trainer.eval_every_epoch=true",
+        )
