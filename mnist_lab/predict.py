@@ -132,7 +132,7 @@ def save_prediction_grid(images, files, digits, confidence, path: Path) -> None:
         ax.axis("off")
         if i >= len(images):
             continue
-        ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=1)
         name = files[i].name if len(files[i].name) <= 14 else files[i].name[:13] + "…"
         ax.set_title(f"{name}\n→ {int(digits[i])} ({float(confidence[i]):.0%})", fontsize=8)
     fig.suptitle("inputs as the model saw them → predicted digit (probability)", fontsize=9)

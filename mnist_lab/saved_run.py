@@ -79,17 +79,19 @@ def open_run(run_dir, overrides: list[str] = (), which: str | None = None) -> Sa
             f"by a version that saved no weights; retrain the run to get them"
         )
     files = record["weights"] or {}
-    if which is None:
-        which = "best" if files.get("best") else "final"
+    saved = [k for k in WHICH if files.get(k)]
+    if not saved:
+        raise RunError(
+            f"{run_dir}: the run saved no weights (status {record.get('status')}, "
+            f"trainer.save_weights={_setting(record)}); retrain it to get them"
+        )
+    which = which or saved[0]  # the record's selected model (best on validation), if saved
     if which not in WHICH:
         raise RunError(f"--weights {which!r} is not allowed: one of {', '.join(WHICH)}")
-    if not files.get(which):
-        saved = [k for k in WHICH if files.get(k)]
-        hint = f"it has: {', '.join(saved)}" if saved else "it saved none"
-        status = record.get("status")
+    if which not in saved:
         raise RunError(
-            f"{run_dir}: no {which} weights (status {status}, "
-            f"trainer.save_weights={_setting(record)}); {hint}"
+            f"{run_dir}: no {which} weights (trainer.save_weights={_setting(record)}); "
+            f"it saved: {', '.join(saved)}"
         )
     weights = run_dir / files[which]
     if not weights.is_file():
