@@ -13,7 +13,6 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,7 +20,7 @@ from mnist_lab.config import LabConfig
 from mnist_lab.errors import LabError
 from mnist_lab.models import build_model
 from mnist_lab.records import RESULT_FILE, read_record
-from mnist_lab.validate import check_config, resolve_device
+from mnist_lab.validate import check_config
 from mnist_lab.weights import load_state
 
 WHICH = ("best", "final")
