@@ -306,3 +306,41 @@ def test_save_weights_takes_only_its_choices(compose):
 
     with pytest.raises(ConfigCompositionException, match="save_weights"):
         compose(["trainer.save_weights=sometimes"])
+
+
+def test_a_trial_that_stops_early_is_complete_not_pruned(run_cli, tmp_path):
+    """A pruner that would prune every report from epoch 2 on: the epoch early stopping ends on is
+    reported but not put to the pruner, so the trial is COMPLETE with its stopped_early record."""
+    import json
+
+    import optuna
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    proc = run_cli(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.direction=maximize",
+            f"hydra.sweeper.storage={url}",
+            "hydra.sweeper.study_name=stops",
+            "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+            "+hydra.sweeper.pruner.lower=1.01",
+            "+hydra.sweeper.pruner.n_warmup_steps=2",
+            "epochs=5",
+            "data.train_subset=2000",
+            "trainer.device=cpu",
+            # no epoch can beat the first by 0.5: training stops after epoch 2
+            "trainer.early_stopping.patience=1",
+            "trainer.early_stopping.min_delta=0.5",
+        ]
+    )
+    assert proc.returncode == 0, proc.output
+    (trial,) = optuna.load_study(study_name="stops", storage=url).trials
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2]
+    result = json.loads((tmp_path / "sweep" / "trial_0000" / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs_run"] == 2
+    assert result["stopped_early"]["epoch"] == 2
+    assert result["weights"]["best"] == "weights_best.pt"  # best-only in a multirun
