@@ -3,6 +3,11 @@
 The values themselves live in `conf/` (one source of truth); the dataclasses here only say what
 type each key has and which choices exist, so a typo or a wrong type is refused by Hydra before any
 training starts. Enums name the allowed values, which OmegaConf lists in its error message.
+
+A config file whose keys depend on its choice (each model has its own) names its schema, a
+dataclass beside the code it configures, as the first entry of its defaults list:
+`- /schema/mnist_lab.resmlp.ResMLPConfig@_here_`. `register_schemas` finds those entries in
+`conf/` and stores each dataclass under that name, so adding a model touches no file here.
 """
 
 from __future__ import annotations
@@ -14,40 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
 
 
 class Normalize(str, Enum):
     mnist = "mnist"
     half = "half"
     none = "none"
-
-
-class ModelName(str, Enum):
-    mlp = "mlp"
-    scratch = "scratch"
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-    gelu = "gelu"
-    leaky_relu = "leaky_relu"
-
-
-class Init(str, Enum):
-    default = "default"
-    kaiming = "kaiming"
-    xavier = "xavier"
-    normal = "normal"
-
-
-class Head(str, Enum):
-    logits = "logits"
-    log_softmax = "log_softmax"
 
 
 class MatmulPrecision(str, Enum):
@@ -75,20 +57,6 @@ class DataConfig:
     train_subset: int | None = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
-
-
-@dataclass
-class ModelConfig:
-    name: ModelName = MISSING
-    hidden_sizes: list[int] = MISSING
-    activation: Activation = MISSING
-    dropout: float = MISSING
-    input_dropout: float = MISSING
-    batch_norm: bool = MISSING
-    init: Init = MISSING
-    init_std: float = MISSING
-    head: Head = MISSING
-    prob_floor: float = MISSING
 
 
 @dataclass
@@ -141,7 +109,8 @@ class LabConfig:
     """Top level: the config groups plus the short knobs they interpolate."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # Each model file names its own schema (see `register_schemas`).
+    model: Any = MISSING
     # Each optimizer file has its own keys (torch.optim's signature checks them at instantiate).
     optimizer: Any = MISSING
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -166,10 +135,31 @@ def _repo_path(relative: str) -> str:
     return str(REPO_ROOT / relative)
 
 
+SCHEMA_GROUP = "schema"
+
+
+def named_schemas(conf_dir: Path) -> list[str]:
+    """Import paths of the schemas that conf/<group>/*.yaml name in their defaults lists."""
+    prefix = f"/{SCHEMA_GROUP}/"
+    names = set()
+    for path in conf_dir.glob("*/*.yaml"):
+        for entry in OmegaConf.load(path).get("defaults") or []:
+            if isinstance(entry, str) and entry.startswith(prefix):
+                names.add(entry[len(prefix) :].split("@")[0])
+    return sorted(names)
+
+
+def register_schemas(conf_dir: Path = CONF_DIR) -> None:
+    cs = ConfigStore.instance()
+    for name in named_schemas(conf_dir):
+        cs.store(group=SCHEMA_GROUP, name=name, node=get_class(name))
+
+
 def register() -> None:
-    """Register the schema and the resolvers the YAML files use (idempotent)."""
+    """Register the schemas and the resolvers the YAML files use (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
+    register_schemas()
     # use_cache: one value per config object, like Hydra's own `now`, so every place that reads
     # the output directory (and joblib workers that receive a pickled config) agree on it.
     if not OmegaConf.has_resolver("unique"):

@@ -64,22 +64,22 @@ class GraphEpoch:
         x_all,
         y_all,
         batch_size: int,
-        log_interval: int = 0,
+        log_interval: int,
         steps_per_graph: int = STEPS_PER_GRAPH,
     ):
         self.learner = learner
         self.x_all, self.y_all = x_all, y_all
         self.batch_size = batch_size
         self.log_interval = log_interval
-        self.k = steps_per_graph
+        self.steps_per_graph = steps_per_graph
         device = x_all.device
-        self.idx = torch.zeros(self.k, batch_size, dtype=torch.long, device=device)
+        self.idx = torch.zeros(self.steps_per_graph, batch_size, dtype=torch.long, device=device)
         self.mean_losses = torch.zeros((), device=device)  # sum over steps of batch means
         self.hits = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.lr_table = self.lr = None
         if learner.scheduled:
             self.lr_table = torch.tensor(learner.lrs, device=device)
-            self.lr = torch.zeros(self.k, device=device)
+            self.lr = torch.zeros(self.steps_per_graph, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.failed: str | None = None
         self.last_loss = None
@@ -87,7 +87,7 @@ class GraphEpoch:
     @property
     def graph(self):
         """The many-step graph once captured (None before, or if capture failed)."""
-        return self.graphs.get(self.k)
+        return self.graphs.get(self.steps_per_graph)
 
     def _body(self, steps: int):
         for j in range(steps):
@@ -120,13 +120,13 @@ class GraphEpoch:
                 self._body(1)
             many = torch.cuda.CUDAGraph()
             with torch.cuda.graph(many, pool=one.pool()):
-                self.last_loss = self._body(self.k)
+                self.last_loss = self._body(self.steps_per_graph)
         except Exception as e:  # an op, optimizer or setting that cannot be captured
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0]}"
             log.warning("CUDA graph capture failed, training eagerly: %s", self.failed)
             torch.cuda.synchronize()
             return n, sums
-        self.graphs = {1: one, self.k: many}
+        self.graphs = {1: one, self.steps_per_graph: many}
         log.info("training step captured as CUDA graphs (batch %d)", self.batch_size)
         return n, sums
 
@@ -150,7 +150,7 @@ class GraphEpoch:
         full = sum(1 for begin, end in plan if end - begin == self.batch_size)
         logged = i
         while i < full:
-            steps = self.k if full - i >= self.k else 1
+            steps = self.steps_per_graph if full - i >= self.steps_per_graph else 1
             self._replay(steps, order, plan[i][0], first_step + i)
             i += steps
             if self.log_interval and i // self.log_interval > logged // self.log_interval:

@@ -34,7 +34,9 @@ METRICS_COLUMNS = (
 )
 METRIC_KEYS = METRICS_COLUMNS[1:7]  # what an epoch measures: train/val/test loss and accuracy
 EVAL_KEYS = METRICS_COLUMNS[3:7]  # what an evaluation measures: val/test loss and accuracy
-SCHEMA_VERSION = 1
+# 2: `config.model` holds the chosen model's own keys and its `_target_` (no `name`); `choices`
+# names the option picked in each config group (`choices.model`: mlp, scratch, resmlp, ...).
+SCHEMA_VERSION = 2
 
 log = logging.getLogger(__name__)
 

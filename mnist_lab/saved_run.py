@@ -13,10 +13,13 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist_lab.config import LabConfig
+from mnist_lab.config import CONF_DIR
 from mnist_lab.errors import LabError
 from mnist_lab.models import build_model
 from mnist_lab.records import RESULT_FILE, read_record
@@ -49,14 +52,22 @@ class SavedRun:
         return {k: section.get(k) for k in ("val/loss", "val/acc", "test/loss", "test/acc")}
 
 
+# Config groups whose choice selects a schema; presets and searches are already in `config`.
+SCHEMA_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer")
+
+
 def compose(record: dict, overrides: list[str]) -> DictConfig:
-    """The record's config on the schema, with `key=value` overrides, checked like a run's."""
+    """The record's config on this version's schemas (the group options the run chose, composed
+    by Hydra from conf/), `key=value` overrides on top, checked like a run's config."""
+    choices = {g: o for g, o in (record.get("choices") or {}).items() if g in SCHEMA_GROUPS}
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(LabConfig), record["config"])
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            base = hydra_compose("config", overrides=[f"{g}={o}" for g, o in choices.items()])
+        cfg = OmegaConf.merge(base, record["config"])
         cfg.merge_with_dotlist(list(overrides))
         OmegaConf.to_container(cfg, throw_on_missing=True)  # a key the record lacks
-    except OmegaConfBaseException as e:
-        message = str(e).splitlines()[0]
+    except (OmegaConfBaseException, HydraException) as e:
+        message = str(e).strip().splitlines()[0]
         raise RunError(
             f"the record's config does not fit this version's schema or the overrides ({message})"
         ) from e
@@ -72,7 +83,7 @@ def open_run(run_dir, overrides: list[str] = (), which: str | None = None) -> Sa
     record = read_record(run_dir, warn=False)
     if record is None:
         raise RunError(f"{run_dir / RESULT_FILE} is unreadable or half-written")
-    if "config" not in record or "weights" not in record or "best" not in record:
+    if not all(key in record for key in ("config", "choices", "weights", "best")):
         raise RunError(
             f"{run_dir}: the record (schema_version {record.get('schema_version')}) was written "
             f"by a version that saved no weights; retrain the run to get them"

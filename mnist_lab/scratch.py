@@ -144,7 +144,7 @@ class SoftmaxCrossEntropy:
         return (self.probs - self.onehot) / self.probs.shape[0]
 
 
-# --- initialisation, mirroring mnist_lab.models._init_linear ---------------------------------------
+# --- initialisation, mirroring mnist_lab.models.init_linear ----------------------------------------
 
 
 def init_linear(fan_in, fan_out, init, std, dtype, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,9 +178,12 @@ def init_linear(fan_in, fan_out, init, std, dtype, generator) -> tuple[torch.Ten
 class ScratchMLP:
     """in -> hidden_sizes... -> out MLP trained by its own backward and plain SGD (the lab's model).
 
+    Its config side (schema, the rules it puts on the optimizer) is
+    `mnist_lab.models.ScratchMLPConfig`; the trainer's `ScratchLearner` runs its steps.
+
     Layers alternate Linear and activation, ending in a Linear that gives logits; the loss layer
     is separate (`loss_and_backward`). `state_dict` keys follow the autograd MLP built by
-    `mnist_lab.models.build_mlp` (an nn.Sequential without batch norm or dropout: Linear layers at
+    `mnist_lab.models.MLP` (an nn.Sequential without batch norm or dropout: Linear layers at
     even indices), so weights move between the two models.
     """
 
@@ -189,10 +192,10 @@ class ScratchMLP:
         in_features: int,
         hidden_sizes: list[int],
         out_features: int,
-        activation: str = "relu",
-        init: str = "normal",
-        init_std: float = 1.0,
-        prob_floor: float = 0.0,
+        activation: str,
+        init: str,
+        init_std: float,
+        prob_floor: float,
         device=None,
         dtype=torch.float32,
         generator: torch.Generator | None = None,
@@ -272,11 +275,6 @@ class ScratchMLP:
             raise RuntimeError("sgd_step needs gradients: call loss_and_backward first")
         for p, g in zip(self.parameters(), self.grads, strict=True):
             p.sub_(lr * g)
-
-    def train_step(self, x, y, lr) -> torch.Tensor:
-        loss = self.loss_and_backward(self.forward(x), y)
-        self.sgd_step(lr)
-        return loss
 
     def train(self, mode: bool = True) -> ScratchMLP:
         self.training = mode  # nothing behaves differently: kept for symmetry with nn.Module

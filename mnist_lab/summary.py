@@ -39,7 +39,7 @@ SHORT = {
     "seed": ("config.seed", "config.trainer.seed"),
     "activation": ("config.model.activation",),
     "normalize": ("config.data.normalize",),
-    "model": ("config.model.name",),
+    "model": ("choices.model", "config.model.name"),  # schema_version 1 records: model.name
 }
 # Whole numbers that a missing value would otherwise turn into floats ("16.0") in the CSV.
 INTEGERS = (

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from mnist_lab import pruning
 from mnist_lab.data import load_mnist
@@ -30,12 +31,13 @@ from mnist_lab.schedule import lr_table
 from mnist_lab.trainer import (
     AutogradLearner,
     Diverged,
+    OwnBackward,
     ScratchLearner,
     Trainer,
     TrainSettings,
     batch_plan,
 )
-from mnist_lab.validate import check_config, resolve_device, switch
+from mnist_lab.validate import check_config, parse_switch, resolve_device
 from mnist_lab.weights import WeightKeeper, resolve_mode
 
 log = logging.getLogger(__name__)
@@ -62,17 +64,28 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
 
 def _use_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
     """Whether the device and `trainer.cuda_graph` allow capturing the step."""
-    mode = switch("trainer.cuda_graph", cfg.trainer.cuda_graph)
+    mode = parse_switch("trainer.cuda_graph", cfg.trainer.cuda_graph)
     if mode is True and device.type != "cuda":
         log.warning("trainer.cuda_graph=on needs a CUDA device; training eagerly on %s", device)
     return mode is not False and device.type == "cuda"
 
 
 def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
+    """How the model trains follows from what it is: a torch.nn.Module by autograd and
+    torch.optim, a model with its own backward (`OwnBackward`) by its own update."""
     lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
-    if cfg.model.name.value == "scratch":
+    if not isinstance(model, nn.Module):
+        if not isinstance(model, OwnBackward):
+            raise ConfigError(
+                "model",
+                cfg.model._target_,
+                "builds neither an nn.Module nor a model with its own backward",
+            )
         if cfg.trainer.compile:
-            log.warning("trainer.compile applies to model=mlp only; the scratch model runs as is")
+            log.warning(
+                "trainer.compile applies to torch.nn models only; %s runs as is",
+                type(model).__name__,
+            )
         return ScratchLearner(model, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing)
     try:
         optimizer = instantiate(cfg.optimizer, params=model.parameters())
@@ -81,13 +94,7 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
         raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
     compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
     learner = AutogradLearner(
-        model,
-        optimizer,
-        cfg.model.head.value,
-        lrs,
-        cfg.trainer.max_norm,
-        cfg.trainer.label_smoothing,
-        compile_batch,
+        model, optimizer, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing, compile_batch
     )
     if capture:
         from mnist_lab.cuda_graph import prepare_optimizer
@@ -96,16 +103,9 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
     return learner
 
 
-def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
-    """Validate the config, load the data, build model, learner and (on CUDA) the graph runner."""
-    check_config(cfg)
-    device = resolve_device(cfg.trainer.device)
-    _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
-    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
-    data = load_mnist(cfg.data, device)
-    model = build_model(cfg.model, device)
-    progress = switch("trainer.progress", cfg.trainer.progress)
-    settings = TrainSettings(
+def train_settings(cfg: DictConfig, multirun: bool) -> TrainSettings:
+    progress = parse_switch("trainer.progress", cfg.trainer.progress)
+    return TrainSettings(
         epochs=cfg.trainer.epochs,
         batch_size=cfg.data.batch_size,
         shuffle=cfg.data.shuffle,
@@ -118,6 +118,17 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
         log_interval=cfg.trainer.log_interval,
         progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
     )
+
+
+def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
+    """Validate the config, load the data, build model, learner and (on CUDA) the graph runner."""
+    check_config(cfg)
+    device = resolve_device(cfg.trainer.device)
+    _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
+    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
+    data = load_mnist(cfg.data, device)
+    model = build_model(cfg.model, device)
+    settings = train_settings(cfg, multirun)
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
     capture = _use_cuda_graph(cfg, device)
     learner = build_learner(cfg, model, steps, capture)
@@ -135,13 +146,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
     trainer = build_trainer(cfg, multirun)
     model, data = trainer.learner.model, trainer.data
-    record.facts.update(
-        param_count=count_parameters(model),
-        device=str(data.train_x.device),
-        device_name=_device_name(data.train_x.device),
-        n_train=data.n_train,
-        n_val=len(data.val_y),
-    )
+    record.facts.update(model_facts(model, data))
     keeper = WeightKeeper(model, resolve_mode(cfg.trainer.save_weights.value, multirun))
     hooks = [record.add_epoch, keeper]
     reporter = pruning.epoch_reporter()
@@ -153,7 +158,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     record.facts["weights"] = keeper.save(record.run_dir, record.summary()["epochs_run"])
     if trainer.graph is not None:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
-    figures = switch("trainer.save_figures", cfg.trainer.save_figures)
+    figures = parse_switch("trainer.save_figures", cfg.trainer.save_figures)
     if figures is True or (figures == "auto" and not multirun):
         from mnist_lab.figures import save_figures
 
@@ -161,32 +166,52 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     return record.summary()["final"]["val/acc"]
 
 
+def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
+    """What the record knows before training: where and how the job was launched, its config."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return {
+        "run_dir": str(Path(hydra_cfg.runtime.output_dir)),
+        "job": {
+            "name": hydra_cfg.job.name,
+            "num": hydra_cfg.job.get("num") if multirun else None,
+            "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
+            "multirun": multirun,
+        },
+        "trial": pruning.trial_identity(),
+        "overrides": list(hydra_cfg.overrides.task),
+        # The option picked in each config group (model=resmlp, optimizer=adam, ...).
+        "choices": {
+            group: option
+            for group, option in hydra_cfg.runtime.choices.items()
+            if not group.startswith("hydra/")
+        },
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "torch_version": torch.__version__,
+        # Known once the model is built (model_facts); null in the record of a run that failed before.
+        "param_count": None,
+        "device": None,
+        "device_name": None,
+        "stopped_early": None,
+        "weights": None,  # {"best", "final"}: the weight files a completed run wrote
+    }
+
+
+def model_facts(model, data) -> dict:
+    device = data.train_x.device
+    return {
+        "param_count": count_parameters(model),
+        "device": str(device),
+        "device_name": _device_name(device),
+        "n_train": data.n_train,
+        "n_val": len(data.val_y),
+    }
+
+
 def run_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    record = RunRecord(
-        run_dir,
-        {
-            "run_dir": str(run_dir),
-            "job": {
-                "name": hydra_cfg.job.name,
-                "num": hydra_cfg.job.get("num") if multirun else None,
-                "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
-                "multirun": multirun,
-            },
-            "trial": pruning.trial_identity(),
-            "overrides": list(hydra_cfg.overrides.task),
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            "torch_version": torch.__version__,
-            # Known once the model is built; null in the record of a run that failed before.
-            "param_count": None,
-            "device": None,
-            "device_name": None,
-            "stopped_early": None,
-            "weights": None,  # {"best", "final"}: the weight files a completed run wrote
-        },
-    )
+    record = RunRecord(run_dir, run_facts(cfg, hydra_cfg))
     started = time.perf_counter()
     try:
         value = train(cfg, record, multirun)

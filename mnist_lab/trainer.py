@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,6 @@ class AutogradLearner(Learner):
         self,
         model,
         optimizer,
-        head: str,
         lrs: list[float],
         max_norm: float | None,
         label_smoothing: float,
@@ -85,7 +85,8 @@ class AutogradLearner(Learner):
     ):
         super().__init__(model, lrs, max_norm)
         self.optimizer = optimizer
-        self.eval_fn = F.nll_loss if head == "log_softmax" else F.cross_entropy
+        # A model whose outputs are log-probabilities says so (mnist_lab.models.MLP.log_probs).
+        self.eval_fn = F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy
         # Smoothing needs cross_entropy; on log-probabilities it equals NLL (log_softmax is
         # idempotent), so it serves both heads. Evaluation stays plain, comparable across runs.
         self.loss_fn = (
@@ -118,8 +119,22 @@ class AutogradLearner(Learner):
         return self.eval_fn(out, y, reduction="sum")
 
 
+@runtime_checkable
+class OwnBackward(Protocol):
+    """A model that computes its own gradients and updates itself (no autograd, no torch.optim),
+    such as `mnist_lab.scratch.ScratchMLP`: trained by `ScratchLearner`."""
+
+    def forward(self, x): ...
+
+    def loss(self, logits, targets): ...
+
+    def loss_and_backward(self, logits, targets): ...
+
+    def sgd_step(self, lr) -> None: ...
+
+
 class ScratchLearner(Learner):
-    """The hand-written MLP: its own backward and in-place SGD update, no autograd."""
+    """A model with its own backward (`OwnBackward`): forward, backward, in-place SGD update."""
 
     def __init__(self, model, lrs: list[float], max_norm: float | None, label_smoothing: float):
         super().__init__(model, lrs, max_norm)
@@ -181,6 +196,8 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]
 
 @dataclass
 class TrainSettings:
+    """The loop's settings, from `data` and `trainer` in the config (their values live in conf/)."""
+
     epochs: int
     batch_size: int
     shuffle: bool
@@ -189,9 +206,9 @@ class TrainSettings:
     eval_batch_size: int
     patience: int | None  # early stopping: epochs without val/acc gain; None = off
     min_delta: float  # the gain over the best val/acc so far that counts as improvement
-    eval_every_epoch: bool = True
-    log_interval: int = 0
-    progress: bool = False
+    eval_every_epoch: bool
+    log_interval: int
+    progress: bool
 
 
 class EarlyStopping:
@@ -222,7 +239,7 @@ class Trainer:
     def __init__(self, learner: Learner, data: MnistTensors, settings: TrainSettings, graph=None):
         self.learner = learner
         self.data = data
-        self.s = settings
+        self.settings = settings
         self.graph = graph  # a mnist_lab.cuda_graph.GraphEpoch, or None for eager steps
         self.plan = batch_plan(data.n_train, settings.batch_size, settings.drop_last)
         self._order = torch.Generator().manual_seed(settings.seed)
@@ -233,7 +250,7 @@ class Trainer:
         return len(self.plan)
 
     def _evaluate(self) -> dict:
-        d, b = self.data, self.s.eval_batch_size
+        d, b = self.data, self.settings.eval_batch_size
         val_loss, val_acc = evaluate(self.learner, d.val_x, d.val_y, b)
         test_loss, test_acc = evaluate(self.learner, d.test_x, d.test_y, b)
         return dict(zip(EVAL_KEYS, (val_loss, val_acc, test_loss, test_acc), strict=True))
@@ -241,7 +258,7 @@ class Trainer:
     def _epoch_order(self) -> torch.Tensor:
         # The permutation is drawn on the CPU so that a seed means the same order on every device.
         idx = self.data.train_idx
-        if not self.s.shuffle:
+        if not self.settings.shuffle:
             return idx
         return idx[torch.randperm(len(idx), generator=self._order).to(idx.device)]
 
@@ -252,9 +269,16 @@ class Trainer:
         if self.graph is not None:
             loss_sum, correct = self.graph.run_epoch(order, plan, first)
         else:
-            bar = _progress(len(plan), epoch, self.s.progress)
+            bar = _progress(len(plan), epoch, self.settings.progress)
             loss_sum, correct = eager_epoch(
-                self.learner, d.train_x, d.train_y, order, plan, first, self.s.log_interval, bar
+                self.learner,
+                d.train_x,
+                d.train_y,
+                order,
+                plan,
+                first,
+                self.settings.log_interval,
+                bar,
             )
             if bar is not None:
                 bar.close()
@@ -273,20 +297,20 @@ class Trainer:
         row["seconds"] = 0.0
         self._emit(row, hooks)
         stopper = None
-        if self.s.patience is not None:
-            stopper = EarlyStopping(self.s.patience, self.s.min_delta)
-        for epoch in range(1, self.s.epochs + 1):
+        if self.settings.patience is not None:
+            stopper = EarlyStopping(self.settings.patience, self.settings.min_delta)
+        for epoch in range(1, self.settings.epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
             row["lr"] = self.learner.lrs[epoch * self.steps_per_epoch - 1]
             row["seconds"] = time.perf_counter() - start
             diverged = not math.isfinite(row["train/loss"])
-            if self.s.eval_every_epoch or epoch == self.s.epochs or diverged:
+            if self.settings.eval_every_epoch or epoch == self.settings.epochs or diverged:
                 row.update(self._timed_evaluate())
             else:
                 row.update(dict.fromkeys(EVAL_KEYS, math.nan))
             stop = None if stopper is None or diverged else stopper.update(epoch, row["val/acc"])
-            row["last_epoch"] = epoch == self.s.epochs or diverged or stop is not None
+            row["last_epoch"] = epoch == self.settings.epochs or diverged or stop is not None
             self._emit(row, hooks)
             if diverged:
                 raise Diverged(f"training loss became {row['train/loss']} in epoch {epoch}")

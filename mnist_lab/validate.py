@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 
 from mnist_lab.data import TRAIN_SIZE
 from mnist_lab.errors import ConfigError
@@ -10,7 +11,7 @@ from mnist_lab.errors import ConfigError
 SWITCH = {"auto": "auto", "on": True, "true": True, "off": False, "false": False}
 
 
-def switch(key: str, value) -> str | bool:
+def parse_switch(key: str, value) -> str | bool:
     """`auto`, or True/False from on/off/true/false (Hydra may hand a bool)."""
     word = str(value).lower()
     if word not in SWITCH:
@@ -49,36 +50,40 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _positive(key: str, value) -> None:
+def check_positive(key: str, value) -> None:
     if value is None or value <= 0:
         raise ConfigError(key, value, "must be > 0")
 
 
+def check_fraction(key: str, value) -> None:
+    """A probability such as a dropout rate: in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(key, value, "must be in [0, 1)")
+
+
+def check_layer_sizes(key: str, sizes) -> None:
+    if not sizes:
+        raise ConfigError(key, list(sizes), "at least one layer")
+    for i, size in enumerate(sizes):
+        check_positive(f"{key}[{i}]", size)
+
+
 def check_config(cfg) -> None:
-    """Refuse out-of-range values with the key named; types were already checked by the schema."""
-    model, data, trainer = cfg.model, cfg.data, cfg.trainer
-    if not model.hidden_sizes:
-        raise ConfigError("model.hidden_sizes", list(model.hidden_sizes), "at least one layer")
-    for i, size in enumerate(model.hidden_sizes):
-        _positive(f"model.hidden_sizes[{i}]", size)
-    if not 0.0 <= model.dropout < 1.0:
-        raise ConfigError("model.dropout", model.dropout, "must be in [0, 1)")
-    if not 0.0 <= model.input_dropout < 1.0:
-        raise ConfigError("model.input_dropout", model.input_dropout, "must be in [0, 1)")
-    _positive("model.init_std", model.init_std)
-    if not 0.0 <= model.prob_floor < 0.1:
-        raise ConfigError("model.prob_floor", model.prob_floor, "must be in [0, 0.1)")
-    if model.name.value == "scratch" and (
-        model.dropout > 0 or model.input_dropout > 0 or model.batch_norm
-    ):
-        raise ConfigError("model.name", "scratch", "has no dropout or batch norm; set them off")
+    """Refuse out-of-range values with the key named; types were already checked by the schema.
+
+    The model's own rules live with its schema (`check(cfg)` of the dataclass its YAML names).
+    """
+    data, trainer = cfg.data, cfg.trainer
+    model_check = getattr(OmegaConf.get_type(cfg.model), "check", None)
+    if model_check is not None:
+        model_check(cfg)
     lr = cfg.optimizer.get("lr") if hasattr(cfg.optimizer, "get") else None
-    _positive("optimizer.lr", lr)
-    _positive("trainer.epochs", trainer.epochs)
+    check_positive("optimizer.lr", lr)
+    check_positive("trainer.epochs", trainer.epochs)
     if trainer.log_interval < 0:
         raise ConfigError("trainer.log_interval", trainer.log_interval, "must be >= 0")
     for key in ("progress", "cuda_graph", "save_figures"):
-        switch(f"trainer.{key}", trainer[key])
+        parse_switch(f"trainer.{key}", trainer[key])
     _check_regularisation(trainer, data)
     if not 0 <= data.val_size < TRAIN_SIZE:
         raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
@@ -90,33 +95,20 @@ def check_config(cfg) -> None:
         raise ConfigError(
             "batch_size", data.batch_size, f"must be in [1, {n_train}] (the training split's size)"
         )
-    _positive("data.eval_batch_size", data.eval_batch_size)
-    if model.name.value == "scratch" and cfg.optimizer.get("_target_") != "torch.optim.SGD":
-        raise ConfigError(
-            "optimizer", cfg.optimizer.get("_target_"), "model=scratch updates with plain SGD only"
-        )
-    if model.name.value == "scratch":  # its update is w -= lr * g: nothing else may be asked of it
-        for key in ("momentum", "dampening", "weight_decay"):
-            if cfg.optimizer.get(key, 0.0) != 0.0:
-                raise ConfigError(
-                    f"optimizer.{key}", cfg.optimizer[key], "must be 0 with model=scratch"
-                )
-        if cfg.optimizer.get("nesterov", False):
-            raise ConfigError("optimizer.nesterov", True, "must be false with model=scratch")
+    check_positive("data.eval_batch_size", data.eval_batch_size)
 
 
 def _check_regularisation(trainer, data) -> None:
     """Label smoothing, max-norm and early stopping: ranges, and what early stopping needs."""
-    if not 0.0 <= trainer.label_smoothing < 1.0:
-        raise ConfigError("trainer.label_smoothing", trainer.label_smoothing, "must be in [0, 1)")
+    check_fraction("trainer.label_smoothing", trainer.label_smoothing)
     if trainer.max_norm is not None:
-        _positive("trainer.max_norm", trainer.max_norm)
+        check_positive("trainer.max_norm", trainer.max_norm)
     stopping = trainer.early_stopping
     if stopping.min_delta < 0:
         raise ConfigError("trainer.early_stopping.min_delta", stopping.min_delta, "must be >= 0")
     if stopping.patience is None:
         return
-    _positive("trainer.early_stopping.patience", stopping.patience)
+    check_positive("trainer.early_stopping.patience", stopping.patience)
     if data.val_size == 0:
         raise ConfigError(
             "trainer.early_stopping.patience", stopping.patience, "needs data.val_size > 0"

@@ -16,9 +16,10 @@ import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_lab.config import REPO_ROOT  # importing it registers the schema and the resolvers
+from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES
 
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
@@ -41,6 +42,24 @@ def compose():
             )
 
     return _compose
+
+
+def model_values(name: str) -> dict:
+    """conf/model/<name>.yaml's own values, without `_target_`, its defaults list and `hidden_sizes`."""
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    return {k: v for k, v in values.items() if k not in ("defaults", "_target_", "hidden_sizes")}
+
+
+@pytest.fixture
+def mlp():
+    """`mlp(hidden_sizes, **keys) -> MLP`: 784 -> hidden_sizes -> 10 with conf/model/mlp.yaml's
+    values, `keys` changed."""
+    values = model_values("mlp")
+
+    def _mlp(hidden_sizes, **keys) -> MLP:
+        return MLP(IN_FEATURES, N_CLASSES, list(hidden_sizes), **{**values, **keys})
+
+    return _mlp
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from torch import nn
 from mnist_lab.config import REPO_ROOT
 from mnist_lab.data import TRAIN_SIZE
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import build_mlp, build_model, count_parameters
+from mnist_lab.models import build_model, count_parameters
 from mnist_lab.schedule import lr_table
-from mnist_lab.validate import check_config, resolve_device, switch
+from mnist_lab.validate import check_config, parse_switch, resolve_device
 
 CONF_DIR = REPO_ROOT / "conf"
 
@@ -49,7 +49,7 @@ def test_default_config_is_the_tutorial_recipe(compose):
     cfg = compose()
     check_config(cfg)
     assert list(cfg.model.hidden_sizes) == [128]
-    assert cfg.model.name.value == "mlp"
+    assert cfg.model._target_ == "mnist_lab.models.MLP"
     assert cfg.model.activation.value == "relu"
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.optimizer.lr == 0.01
@@ -65,7 +65,7 @@ def test_default_config_is_the_tutorial_recipe(compose):
 def test_every_group_option_is_covered_here():
     """A new option file in conf/ must be added to these tests."""
     assert group_options("data") == {"mnist"}
-    assert group_options("model") == {"mlp", "scratch"}
+    assert group_options("model") == {"mlp", "scratch", "resmlp"}
     assert group_options("optimizer") == set(OPTIMIZERS)
     assert group_options("scheduler") == {"none", "cosine", "onecycle", "step"}
     assert group_options("trainer") == {"default"}
@@ -100,7 +100,7 @@ def test_data_settings(compose):
 def test_model_scratch_option(compose):
     cfg = compose(["model=scratch", "hidden=64"])
     check_config(cfg)
-    assert cfg.model.name.value == "scratch"
+    assert cfg.model._target_ == "mnist_lab.scratch.ScratchMLP"
     assert list(cfg.model.hidden_sizes) == [64]
     assert cfg.model.init.value == "normal"
     assert cfg.model.init_std == 1.0
@@ -141,10 +141,10 @@ def test_model_dropout_and_batch_norm(compose):
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_every_optimizer_instantiates_and_steps(compose, name):
+def test_every_optimizer_instantiates_and_steps(compose, name, mlp):
     cfg = compose([f"optimizer={name}", "lr=0.0375"])
     check_config(cfg)
-    model = build_mlp([8])
+    model = mlp([8])
     optimizer = instantiate(cfg.optimizer, params=model.parameters())
     assert type(optimizer) is OPTIMIZERS[name]
     assert optimizer.param_groups[0]["lr"] == 0.0375
@@ -154,11 +154,11 @@ def test_every_optimizer_instantiates_and_steps(compose, name):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_sgd_fields(compose):
+def test_sgd_fields(compose, mlp):
     cfg = compose(
         ["optimizer.momentum=0.9", "optimizer.nesterov=true", "optimizer.weight_decay=1e-4"]
     )
-    optimizer = instantiate(cfg.optimizer, params=build_mlp([4]).parameters())
+    optimizer = instantiate(cfg.optimizer, params=mlp([4]).parameters())
     group = optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 1e-4)
 
@@ -221,7 +221,7 @@ def test_trainer_settings(compose):
         50,
     )
     # Hydra hands `true` to a str field as "True": the switches accept both spellings
-    assert [switch(k, t[k]) for k in ("progress", "cuda_graph", "save_figures")] == [
+    assert [parse_switch(k, t[k]) for k in ("progress", "cuda_graph", "save_figures")] == [
         False,
         False,
         True,
@@ -306,7 +306,6 @@ def assert_refused(cfg, key: str) -> ConfigError:
         (["trainer.save_figures=sometimes"], "trainer.save_figures"),
         (["data.eval_batch_size=0"], "data.eval_batch_size"),
         (["model=scratch", "optimizer=adam"], "optimizer"),
-        (["model=scratch", "model.batch_norm=true"], "model.name"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(compose, overrides, key):
@@ -351,6 +350,10 @@ def test_boundary_values_are_accepted(compose, overrides):
         (["data.shuffle=maybe"], ["data.shuffle"]),
         (["lrr=0.1"], ["lrr"]),
         (["model.hiden_sizes=[3]"], ["hiden_sizes"]),
+        # each model takes only its own keys: the scratch MLP has no batch norm, dropout or head
+        (["model=scratch", "model.batch_norm=true"], ["model.batch_norm"]),
+        (["model=scratch", "model.head=log_softmax"], ["model.head"]),
+        (["model.prob_floor=1e-6"], ["model.prob_floor"]),
         (["trainer.epoch=3"], ["epoch"]),
     ],
 )

@@ -54,6 +54,7 @@ CASES = {
         "model.activation=tanh",
     ],
     "scratch": ["model=scratch", "model.init_std=0.1", "batch_size=64"],
+    "resmlp-adam": ["model=resmlp", "optimizer=adam", "lr=0.001", "model.dropout=0.1"],
     "log-interval": ["trainer.log_interval=50"],
     "compile-partial-batch": ["trainer.compile=true", "batch_size=64"],
     "regularised-sgd-nesterov-cosine": [

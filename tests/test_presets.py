@@ -30,6 +30,7 @@ RECIPES = {
     "lab_scratch_relu128": ([128], "relu", "logits", "SGD", 0.01, 64, 30, "none", True, "scratch"),
     "relu256_adam_half": ([256], "relu", "logits", "Adam", 0.001, 128, 10, "half", True, "mlp"),
 }  # fmt: skip
+MODELS = {"mlp": "mnist_lab.models.MLP", "scratch": "mnist_lab.scratch.ScratchMLP"}
 
 
 def _compose(overrides, hydra_config=False):
@@ -46,8 +47,10 @@ def test_preset_composes_to_its_source_recipe(preset):
     cfg = _compose([f"experiment={preset}"])
     hidden, act, head, opt, lr, batch, epochs, norm, shuffle, model = RECIPES[preset]
     assert list(cfg.model.hidden_sizes) == hidden
-    assert cfg.model.activation.value == act and cfg.model.head.value == head
-    assert cfg.model.name.value == model
+    # a model without a `head` key (the scratch MLP) always returns logits
+    model_head = cfg.model.head.value if "head" in cfg.model else "logits"
+    assert cfg.model.activation.value == act and model_head == head
+    assert cfg.model._target_ == MODELS[model]
     assert cfg.optimizer._target_ == f"torch.optim.{opt}" and cfg.optimizer.lr == lr
     assert cfg.data.batch_size == batch and cfg.trainer.epochs == epochs
     assert cfg.data.normalize.value == norm and cfg.data.shuffle == shuffle
@@ -85,7 +88,7 @@ def test_lab_grid_sweeps_its_eight_rows_over_three_seeds():
     reported = {}
     for row in rows:
         c = _compose(["experiment=lab_grid", f"lab_grid={row}"])
-        assert c.model.name.value == "scratch"
+        assert c.model._target_ == MODELS["scratch"]
         reported[(c.hidden, c.lr, c.batch_size, c.epochs)] = c.preset.reported_test_acc
     assert reported == {
         (128, 0.01, 64, 30): 0.903,

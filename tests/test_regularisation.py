@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_values
 from torch import nn
 
 from mnist_lab.data import MnistTensors
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import build_mlp, build_model
+from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES, build_model
 from mnist_lab.records import WEIGHTS_FILES
 from mnist_lab.scratch import ScratchMLP
 from mnist_lab.task import build_trainer
@@ -22,6 +23,16 @@ from mnist_lab.trainer import (
 )
 from mnist_lab.validate import check_config
 from mnist_lab.weights import WeightKeeper, load_state
+
+
+def build_mlp(hidden_sizes, **keys):
+    """784 -> hidden_sizes -> 10 with conf/model/mlp.yaml's values, `keys` changed."""
+    return MLP(IN_FEATURES, N_CLASSES, list(hidden_sizes), **{**model_values("mlp"), **keys})
+
+
+def build_scratch(hidden_sizes, **keys):
+    values = {**model_values("scratch"), "init": "default", **keys}
+    return ScratchMLP(IN_FEATURES, list(hidden_sizes), N_CLASSES, **values)
 
 
 def row(epoch, val_acc, last=False):
@@ -102,7 +113,7 @@ def test_best_only_and_final_only_and_none(tmp_path):
 
 def test_scratch_model_weights_are_copied_and_load_into_either_model(tmp_path):
     torch.manual_seed(0)
-    scratch = ScratchMLP(784, [16], 10, init="default")
+    scratch = build_scratch([16])
     keeper = WeightKeeper(scratch, "both")
     keeper(1, row(1, 0.8))
     at_best = params(scratch)
@@ -111,7 +122,7 @@ def test_scratch_model_weights_are_copied_and_load_into_either_model(tmp_path):
     files = keeper.save(tmp_path, final_epoch=2)
     best = load_state(tmp_path / files["best"], "cpu")
     assert same(best, at_best)
-    net = build_mlp([16], init="default")  # the scratch model's keys follow build_mlp's
+    net = build_mlp([16])  # the scratch model's keys follow build_mlp's
     net.load_state_dict(best)
     x = torch.randn(4, 784)
     scratch.load_state_dict(best)
@@ -159,14 +170,15 @@ def settings(epochs, patience, min_delta=0.0):
         eval_batch_size=1000,
         patience=patience,
         min_delta=min_delta,
+        eval_every_epoch=True,
+        log_interval=0,
+        progress=False,
     )
 
 
 def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.0):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return AutogradLearner(
-        model, optimizer, "logits", [lr] * epochs * steps, max_norm, label_smoothing
-    )
+    return AutogradLearner(model, optimizer, [lr] * epochs * steps, max_norm, label_smoothing)
 
 
 def test_training_stops_after_patience_epochs_and_flags_its_last_row():
@@ -216,7 +228,7 @@ def test_label_smoothing_changes_the_training_loss_not_the_evaluation_loss():
 
 def test_scratch_label_smoothing_matches_autograd_loss_and_gradient():
     torch.manual_seed(0)
-    scratch = ScratchMLP(784, [16], 10, init="default", dtype=torch.float64)
+    scratch = build_scratch([16], dtype=torch.float64)
     learner = ScratchLearner(scratch, [0.0], None, 0.1)
     x, y = torch.randn(8, 784, dtype=torch.float64), torch.randint(0, 10, (8,))
     net = build_mlp([16]).double()
@@ -237,7 +249,7 @@ def test_max_norm_bounds_every_row_after_each_step(kind):
         learner = autograd_learner(model, 5.0, 1, 1, max_norm=0.5)
         weights = [m.weight for m in model if isinstance(m, nn.Linear)]
     else:
-        model = ScratchMLP(784, [32, 16], 10, init="default")
+        model = build_scratch([32, 16])
         learner = ScratchLearner(model, [5.0], 0.5, 0.0)
         weights = [layer.weight for layer in model.linears]
     assert max(w.norm(dim=1).max().item() for w in weights) > 0.5  # the bound must bind
@@ -273,7 +285,7 @@ def test_knobs_reach_the_built_learner(job_config):
     trainer = build_trainer(cfg)
     assert trainer.learner.max_norm == 2.0 and len(trainer.learner.constrained) == 2
     assert trainer.learner.loss_fn.keywords == {"label_smoothing": 0.2}
-    assert (trainer.s.patience, trainer.s.min_delta) == (4, 0.001)
+    assert (trainer.settings.patience, trainer.settings.min_delta) == (4, 0.001)
 
 
 @pytest.mark.parametrize(
@@ -282,7 +294,6 @@ def test_knobs_reach_the_built_learner(job_config):
         (["trainer.label_smoothing=1.0"], "trainer.label_smoothing"),
         (["trainer.max_norm=0"], "trainer.max_norm"),
         (["model.input_dropout=1.0"], "model.input_dropout"),
-        (["model=scratch", "model.input_dropout=0.2"], "model.name"),
         (["trainer.early_stopping.patience=0"], "trainer.early_stopping.patience"),
         (["trainer.early_stopping.min_delta=-0.1"], "trainer.early_stopping.min_delta"),
         (
@@ -301,11 +312,14 @@ def test_out_of_range_knobs_are_refused_naming_the_key(compose, overrides, key):
     assert err.value.key == key
 
 
-def test_save_weights_takes_only_its_choices(compose):
+@pytest.mark.parametrize(
+    "override", ["trainer.save_weights=sometimes", "model=scratch model.input_dropout=0.2"]
+)
+def test_values_outside_the_schema_do_not_compose(compose, override):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException, match="save_weights"):
-        compose(["trainer.save_weights=sometimes"])
+    with pytest.raises(ConfigCompositionException, match=override.split()[-1].split("=")[0]):
+        compose(override.split())
 
 
 def test_a_trial_that_stops_early_is_complete_not_pruned(run_cli, tmp_path):

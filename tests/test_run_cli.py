@@ -47,7 +47,7 @@ def assert_complete_record(run_dir, param_count):
     assert [int(r["epoch"]) for r in rows] == list(range(result["epochs_run"] + 1))
     assert rows[0]["train/loss"] == rows[0]["train/acc"] == ""
     assert float(rows[0]["val/acc"]) < 0.3  # an untrained model
-    assert result["schema_version"] == 1
+    assert result["schema_version"] == 2
     assert result["param_count"] == param_count
     assert result["torch_version"] == torch.__version__
     assert result["device"] == "cpu" and result["device_name"]

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_lab import scratch
-from mnist_lab.models import build_mlp
 from mnist_lab.scratch import ACTIVATIONS, ScratchMLP, SoftmaxCrossEntropy
+from mnist_lab.trainer import ScratchLearner
 
 REPO = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,6 +35,22 @@ AUTOGRAD_ACTIVATIONS = {
     "leaky_relu": F.leaky_relu,  # slope 0.01
 }
 LAB_FLOOR = 1e-6
+SCRATCH_KEYS = ("activation", "init", "init_std", "prob_floor")
+
+
+CONF_VALUES = OmegaConf.load(REPO / "conf" / "model" / "scratch.yaml")
+
+
+def scratch_mlp(in_features, hidden_sizes, out_features, *args, **kwargs) -> ScratchMLP:
+    """A ScratchMLP with conf/model/scratch.yaml's values for the keys not given."""
+    values = {key: CONF_VALUES[key] for key in SCRATCH_KEYS}
+    values.update(zip(SCRATCH_KEYS, args, strict=False), **kwargs)
+    return ScratchMLP(in_features, hidden_sizes, out_features, **values)
+
+
+def train_step(model, x, y, lr):
+    """One step as the trainer takes it (`ScratchLearner.step`); returns its mean loss."""
+    return ScratchLearner(model, [lr]).step(x, y)[0]
 
 
 def autograd_reference(model: ScratchMLP, x, y, prob_floor: float):
@@ -62,7 +79,7 @@ def rel_error(a, b) -> float:
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_gradients_match_autograd(activation, hidden, prob_floor):
     g = torch.Generator().manual_seed(0)
-    model = ScratchMLP(
+    model = scratch_mlp(
         20, hidden, 10, activation, init="normal", init_std=0.3, prob_floor=prob_floor,
         dtype=torch.float64, generator=g,
     )  # fmt: skip
@@ -107,10 +124,10 @@ def test_prob_floor_changes_the_reported_loss_never_the_training():
     x, y = torch.rand(64, 30, generator=g), torch.randint(0, 10, (64,), generator=g)
     runs = {}
     for floor in (0.0, LAB_FLOOR):  # N(0, 1) init: logits so large that some p_true < 1e-6
-        model = ScratchMLP(
+        model = scratch_mlp(
             30, [32], 10, prob_floor=floor, generator=torch.Generator().manual_seed(2)
         )
-        runs[floor] = model, [model.train_step(x, y, 0.01) for _ in range(5)]
+        runs[floor] = model, [train_step(model, x, y, 0.01) for _ in range(5)]
     (exact, exact_losses), (floored, floored_losses) = runs[0.0], runs[LAB_FLOOR]
     assert exact_losses[0] > floored_losses[0]  # the clamp was active
     for p, q in zip(exact.parameters(), floored.parameters(), strict=True):
@@ -127,7 +144,7 @@ def test_softmax_is_stable_for_huge_logits():
 
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["float-lr", "tensor-lr"])
 def test_sgd_step_is_p_minus_lr_g_in_place(as_tensor):
-    model = ScratchMLP(12, [8, 6], 4, "tanh", generator=torch.Generator().manual_seed(3))
+    model = scratch_mlp(12, [8, 6], 4, "tanh", generator=torch.Generator().manual_seed(3))
     x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
     model.loss_and_backward(model.forward(x), y)
     params = model.parameters()
@@ -140,14 +157,14 @@ def test_sgd_step_is_p_minus_lr_g_in_place(as_tensor):
 
 def test_sgd_step_before_backward_is_an_error():
     with pytest.raises(RuntimeError, match="loss_and_backward"):
-        ScratchMLP(4, [3], 2).sgd_step(0.1)
+        scratch_mlp(4, [3], 2).sgd_step(0.1)
 
 
 def test_train_step_is_forward_backward_step():
-    a = ScratchMLP(10, [7], 3, "gelu", generator=torch.Generator().manual_seed(4))
-    b = ScratchMLP(10, [7], 3, "gelu", generator=torch.Generator().manual_seed(4))
+    a = scratch_mlp(10, [7], 3, "gelu", generator=torch.Generator().manual_seed(4))
+    b = scratch_mlp(10, [7], 3, "gelu", generator=torch.Generator().manual_seed(4))
     x, y = torch.randn(8, 10), torch.randint(0, 3, (8,))
-    loss = a.train_step(x, y, 0.1)
+    loss = train_step(a, x, y, 0.1)
     want = b.loss_and_backward(b.forward(x), y)
     b.sgd_step(0.1)
     assert torch.equal(loss, want)
@@ -156,10 +173,10 @@ def test_train_step_is_forward_backward_step():
 
 
 def test_nothing_builds_an_autograd_graph():
-    model = ScratchMLP(6, [5], 3)
+    model = scratch_mlp(6, [5], 3)
     assert not any(p.requires_grad for p in model.parameters())
     x = torch.randn(4, 6, requires_grad=True)  # even a grad-requiring input leaves no graph
-    loss = model.train_step(x, torch.tensor([0, 1, 2, 0]), 0.1)
+    loss = train_step(model, x, torch.tensor([0, 1, 2, 0]), 0.1)
     assert loss.grad_fn is None and not any(p.requires_grad for p in model.parameters())
 
 
@@ -186,18 +203,18 @@ def test_loss_decreases_on_synthetic_data(activation):
     centres = 3 * torch.randn(10, 20, generator=g)
     y = torch.arange(10).repeat(30)
     x = centres[y] + torch.randn(300, 20, generator=g)
-    model = ScratchMLP(20, [32], 10, activation, init="default", generator=g)
-    losses = [model.train_step(x, y, 0.5).item() for _ in range(150)]
+    model = scratch_mlp(20, [32], 10, activation, init="default", generator=g)
+    losses = [train_step(model, x, y, 0.5).item() for _ in range(150)]
     assert losses[-1] < 0.2 * losses[0]
     assert (model(x).argmax(1) == y).float().mean() > 0.95
 
 
-def test_default_init_is_torch_nn_linear_init():
+def test_default_init_is_torch_nn_linear_init(mlp):
     """Same seed, same numbers: `default` draws exactly what torch.nn.Linear draws."""
     torch.manual_seed(6)
-    net = build_mlp([64, 32], init="default")
+    net = mlp([64, 32], init="default")
     torch.manual_seed(6)
-    model = ScratchMLP(784, [64, 32], 10, init="default")
+    model = scratch_mlp(784, [64, 32], 10, init="default")
     for key, value in net.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
 
@@ -205,7 +222,7 @@ def test_default_init_is_torch_nn_linear_init():
 @pytest.mark.parametrize("init", ["normal", "kaiming", "xavier", "default"])
 def test_init_distributions(init):
     fan_in, fan_out = 784, 512
-    model = ScratchMLP(fan_in, [fan_out], 10, init=init, init_std=0.3)
+    model = scratch_mlp(fan_in, [fan_out], 10, init=init, init_std=0.3)
     w, b = model.parameters()[:2]
     bound = {"xavier": math.sqrt(6 / (fan_in + fan_out)), "default": 1 / math.sqrt(fan_in)}
     std = {"normal": 0.3, "kaiming": math.sqrt(2 / fan_in)}.get(init) or bound[init] / math.sqrt(3)
@@ -220,23 +237,23 @@ def test_init_distributions(init):
 
 
 def test_generator_makes_init_reproducible():
-    a = ScratchMLP(30, [20], 10, generator=torch.Generator().manual_seed(7))
-    b = ScratchMLP(30, [20], 10, generator=torch.Generator().manual_seed(7))
-    c = ScratchMLP(30, [20], 10, generator=torch.Generator().manual_seed(8))
+    a = scratch_mlp(30, [20], 10, generator=torch.Generator().manual_seed(7))
+    b = scratch_mlp(30, [20], 10, generator=torch.Generator().manual_seed(7))
+    c = scratch_mlp(30, [20], 10, generator=torch.Generator().manual_seed(8))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.parameters()[0], c.parameters()[0])
 
 
-def test_state_dict_moves_weights_to_the_autograd_mlp_and_back():
+def test_state_dict_moves_weights_to_the_autograd_mlp_and_back(mlp):
     g = torch.Generator().manual_seed(9)
-    model = ScratchMLP(784, [32, 16], 10, "leaky_relu", dtype=torch.float64, generator=g)
-    net = build_mlp([32, 16], activation="leaky_relu").double()
+    model = scratch_mlp(784, [32, 16], 10, "leaky_relu", dtype=torch.float64, generator=g)
+    net = mlp([32, 16], activation="leaky_relu").double()
     net.load_state_dict(model.state_dict())
     x = torch.rand(5, 784, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), net(x))
 
-    other = ScratchMLP(784, [32, 16], 10, "leaky_relu", dtype=torch.float64)
+    other = scratch_mlp(784, [32, 16], 10, "leaky_relu", dtype=torch.float64)
     before = other.parameters()
     other.load_state_dict(net.state_dict())
     assert all(p is q for p, q in zip(before, other.parameters(), strict=True))  # copied in place
@@ -244,18 +261,18 @@ def test_state_dict_moves_weights_to_the_autograd_mlp_and_back():
     with pytest.raises(KeyError):
         other.load_state_dict({"0.weight": before[0]})
     with pytest.raises(ValueError, match="shape"):
-        ScratchMLP(784, [8, 16], 10).load_state_dict(model.state_dict())
+        scratch_mlp(784, [8, 16], 10).load_state_dict(model.state_dict())
 
 
 def test_module_conveniences():
-    model = ScratchMLP(784, [128], 10, prob_floor=LAB_FLOOR)
+    model = scratch_mlp(784, [128], 10, prob_floor=LAB_FLOOR)
     assert sum(p.numel() for p in model.parameters()) == 784 * 128 + 128 + 128 * 10 + 10
     assert repr(model) == "ScratchMLP(784-128-10, relu, init=normal(1.0), prob_floor=1e-06)"
     assert model.eval() is model and not model.training
     assert model.train() is model and model.training
     moved = model.to("cpu", torch.float64)
     assert moved is model and all(p.dtype == torch.float64 for p in model.parameters())
-    assert ScratchMLP(784, [], 10).forward(torch.rand(2, 784)).shape == (2, 10)  # depth 0 works
+    assert scratch_mlp(784, [], 10).forward(torch.rand(2, 784)).shape == (2, 10)  # depth 0 works
 
 
 @pytest.mark.parametrize(
@@ -269,7 +286,7 @@ def test_module_conveniences():
 )
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
-        ScratchMLP(4, [3], 2, **kwargs)
+        scratch_mlp(4, [3], 2, **kwargs)
 
 
 def _read_mnist(tmp_path, name, reader):
@@ -296,11 +313,11 @@ def test_lab_first_epoch_on_real_mnist(tmp_path):
     xt, yt = test_x.flatten(1).float() / 255, test_y.long()
 
     g = torch.Generator().manual_seed(0)
-    model = ScratchMLP(
+    model = scratch_mlp(
         784, [128], 10, init="normal", init_std=1.0, prob_floor=LAB_FLOOR, generator=g
     )
     order = torch.randperm(len(y), generator=g)
-    losses = torch.stack([model.train_step(x[idx], y[idx], 0.01) for idx in order.split(64)])
+    losses = torch.stack([train_step(model, x[idx], y[idx], 0.01) for idx in order.split(64)])
     accuracy = (model(xt).argmax(1) == yt).float().mean().item()
 
     assert 3.2 < losses.mean().item() < 4.6  # the lab's floored loss, 3.759
@@ -317,8 +334,8 @@ def test_train_step_captures_as_a_cuda_graph_without_syncs():
     g = torch.Generator().manual_seed(10)
     x = torch.rand(512, 784, generator=g).to(device)
     y = torch.randint(0, 10, (512,), generator=g).to(device)
-    eager = ScratchMLP(784, [128, 64], 10, "gelu", init_std=0.1, device=device, generator=g)
-    graphed = ScratchMLP(784, [128, 64], 10, "gelu", init_std=0.1, device=device)
+    eager = scratch_mlp(784, [128, 64], 10, "gelu", init_std=0.1, device=device, generator=g)
+    graphed = scratch_mlp(784, [128, 64], 10, "gelu", init_std=0.1, device=device)
     graphed.load_state_dict(eager.state_dict())
     lr = torch.tensor(0.01, device=device)
     static_x, static_y = x[:64].clone(), y[:64].clone()
@@ -328,21 +345,21 @@ def test_train_step_captures_as_a_cuda_graph_without_syncs():
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            graphed.train_step(static_x, static_y, lr)  # warm-up step, also taken by `eager`
+            train_step(graphed, static_x, static_y, lr)  # warm-up step, also taken by `eager`
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_loss = graphed.train_step(static_x, static_y, lr)
+            static_loss = train_step(graphed, static_x, static_y, lr)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
-    eager.train_step(x[:64], y[:64], 0.01)
+    train_step(eager, x[:64], y[:64], 0.01)
     for i, idx in enumerate(torch.arange(64, 512, device=device).split(64)):
         lr.fill_(0.01 / (1 + i))
         static_x.copy_(x[idx])
         static_y.copy_(y[idx])
         graph.replay()
-        want = eager.train_step(x[idx], y[idx], 0.01 / (1 + i))
+        want = train_step(eager, x[idx], y[idx], 0.01 / (1 + i))
         torch.testing.assert_close(static_loss, want)
     for p, q in zip(graphed.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p, q)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mnist_lab import records, task
-from mnist_lab.models import build_mlp, count_parameters
+from mnist_lab.models import count_parameters
 from mnist_lab.records import METRICS_COLUMNS, RunRecord
 from mnist_lab.trainer import batch_plan
 
@@ -159,12 +159,12 @@ def test_no_shuffle_keeps_the_order(job_config, tmp_path, monkeypatch):
     ("hidden", "count"),
     [([128], 101770), ([16], 12730), ([256, 128], 235146), ([1], 805)],
 )
-def test_parameter_counts(hidden, count):
-    assert count_parameters(build_mlp(hidden)) == count
+def test_parameter_counts(hidden, count, mlp):
+    assert count_parameters(mlp(hidden)) == count
 
 
-def test_batch_norm_and_dropout_layers():
-    model = build_mlp([64, 32], dropout=0.3, batch_norm=True)
+def test_batch_norm_and_dropout_layers(mlp):
+    model = mlp([64, 32], dropout=0.3, batch_norm=True)
     kinds = [type(m) for m in model]
     assert kinds == [
         nn.Linear,
@@ -177,14 +177,14 @@ def test_batch_norm_and_dropout_layers():
         nn.Dropout,
         nn.Linear,
     ]
-    plain = count_parameters(build_mlp([64, 32]))
+    plain = count_parameters(mlp([64, 32]))
     assert count_parameters(model) == plain + 2 * (64 + 32)
-    assert [type(m) for m in build_mlp([64], dropout=0.0)] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert [type(m) for m in mlp([64], dropout=0.0)] == [nn.Linear, nn.ReLU, nn.Linear]
 
 
-def test_dropout_only_in_training_mode():
+def test_dropout_only_in_training_mode(mlp):
     torch.manual_seed(0)
-    model = build_mlp([64], dropout=0.5)
+    model = mlp([64], dropout=0.5)
     x = torch.randn(8, 784)
     model.eval()
     assert torch.equal(model(x), model(x))
@@ -192,42 +192,42 @@ def test_dropout_only_in_training_mode():
     assert not torch.equal(model(x), model(x))
 
 
-def test_log_softmax_head_returns_log_probabilities():
-    model = build_mlp([32], head="log_softmax")
+def test_log_softmax_head_returns_log_probabilities(mlp):
+    model = mlp([32], head="log_softmax")
     assert isinstance(model[-1], nn.LogSoftmax)
     out = model(torch.randn(5, 784))
     assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
-    assert not isinstance(build_mlp([32], head="logits")[-1], nn.LogSoftmax)
+    assert not isinstance(mlp([32], head="logits")[-1], nn.LogSoftmax)
 
 
-def first_layer(init, std=0.01):
+def first_layer(mlp, init, std=0.01):
     """The first Linear of a 784-512-10 MLP, as (weight, bias) without grad."""
     torch.manual_seed(0)
-    layer = build_mlp([512], init=init, init_std=std)[0]
+    layer = mlp([512], init=init, init_std=std)[0]
     return layer.weight.detach(), layer.bias.detach()
 
 
-def test_init_normal_uses_the_given_std():
-    weight, bias = first_layer("normal", std=0.05)
+def test_init_normal_uses_the_given_std(mlp):
+    weight, bias = first_layer(mlp, "normal", std=0.05)
     assert float(weight.std()) == pytest.approx(0.05, rel=0.02)
     assert float(weight.mean()) == pytest.approx(0.0, abs=1e-3)
     assert float(bias.std()) == pytest.approx(0.05, rel=0.2)  # the lab's N(0, std^2) biases
-    assert float(first_layer("normal", std=1.0)[0].std()) == pytest.approx(1.0, rel=0.02)
+    assert float(first_layer(mlp, "normal", std=1.0)[0].std()) == pytest.approx(1.0, rel=0.02)
 
 
-def test_init_kaiming_and_xavier():
-    weight, bias = first_layer("kaiming")
+def test_init_kaiming_and_xavier(mlp):
+    weight, bias = first_layer(mlp, "kaiming")
     assert float(weight.std()) == pytest.approx(math.sqrt(2 / 784), rel=0.02)
     assert torch.count_nonzero(bias) == 0
-    weight, bias = first_layer("xavier")
+    weight, bias = first_layer(mlp, "xavier")
     bound = math.sqrt(6 / (784 + 512))
     assert float(weight.abs().max()) <= bound
     assert float(weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
     assert torch.count_nonzero(bias) == 0
 
 
-def test_init_default_is_torchs_uniform():
-    weight, bias = first_layer("default")
+def test_init_default_is_torchs_uniform(mlp):
+    weight, bias = first_layer(mlp, "default")
     bound = 1 / math.sqrt(784)
     assert float(weight.abs().max()) <= bound
     assert float(weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
@@ -289,7 +289,7 @@ def test_nan_becomes_null_and_record_files_follow_the_contract(tmp_path):
     record.finish("diverged", "training loss became inf in epoch 1", wall_seconds=2.0)
     result = no_nan_json(tmp_path / "result.json")
     assert result["status"] == "diverged" and result["reason"].startswith("training loss")
-    assert result["schema_version"] == 1 and result["param_count"] == 7
+    assert result["schema_version"] == 2 and result["param_count"] == 7
     assert result["final"]["train/loss"] is None and result["final"]["val/acc"] is None
     assert result["initial"] == {"val/loss": 0.3, "val/acc": 0.1, "test/loss": 0.3, "test/acc": 0.1}
     assert result["started_at"] and result["finished_at"] and result["wall_seconds"] == 2.0
