@@ -105,7 +105,7 @@ def test_lab_grid_sweeps_its_eight_rows_over_three_seeds():
 def test_strong_mlp_preset_is_a_regularised_plain_mlp_that_trains():
     cfg = _compose(["experiment=mlp_strong"])
     assert list(cfg.model.hidden_sizes) == [1024, 1024] and not cfg.model.batch_norm
-    assert (cfg.model.input_dropout, cfg.model.dropout) == (0.2, 0.5)
+    assert (cfg.model.input_dropout, cfg.model.dropout) == (0.1, 0.3)
     assert (cfg.trainer.label_smoothing, cfg.trainer.max_norm) == (0.1, 3.5)
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov
     assert cfg.scheduler.name.value == "cosine" and cfg.data.val_size > 0
