@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mnist_lab import pruning
+from mnist_lab import trial_reporting
 from mnist_lab.data import load_mnist
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.models import build_model, count_parameters
@@ -149,7 +149,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     record.facts.update(model_facts(model, data))
     keeper = WeightKeeper(model, resolve_mode(cfg.trainer.save_weights.value, multirun))
     hooks = [record.add_epoch, keeper]
-    reporter = pruning.epoch_reporter()
+    reporter = trial_reporting.epoch_reporter(cfg.trainer.epochs)
     if reporter is not None:
         hooks.append(reporter)
     trainer.fit(hooks)
@@ -177,7 +177,7 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
             "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
             "multirun": multirun,
         },
-        "trial": pruning.trial_identity(),
+        "trial": trial_reporting.trial_identity(),
         "overrides": list(hydra_cfg.overrides.task),
         # The option picked in each config group (model=resmlp, optimizer=adam, ...).
         "choices": {

@@ -17,20 +17,6 @@ import pytest
 from mnist_lab.config import REPO_ROOT
 
 CHECKED = ("mnist_lab", "hydra_plugins", "experiments", "benchmarks")
-# Violations on main when these rules were written, removed by the sweeper's part of issue 10
-# (a public job-side trial module in mnist_lab, no private names across the plugin's modules).
-# Delete each entry once that work has merged; an entry that no longer matches fails the test.
-KNOWN_UNTIL_SWEEPER_ISSUE_10 = {
-    ("mnist_lab/pruning.py", "hydra_plugins.mnist_lab_optuna_sweeper._study_setup"),
-    ("mnist_lab/pruning.py", "hydra_plugins.mnist_lab_optuna_sweeper.config.SWEEPER_TARGET"),
-    ("mnist_lab/pruning.py", "hydra_plugins.mnist_lab_optuna_sweeper.config.TRIAL_ENV"),
-    ("hydra_plugins/mnist_lab_optuna_sweeper/_impl.py", "._search_space._one_line"),
-    ("hydra_plugins/mnist_lab_optuna_sweeper/_impl.py", "._study_setup._get"),
-    ("hydra_plugins/mnist_lab_optuna_sweeper/_impl.py", "._workers._Heartbeat"),
-    ("hydra_plugins/mnist_lab_optuna_sweeper/_impl.py", "._workers._now"),
-    ("hydra_plugins/mnist_lab_optuna_sweeper/_study_setup.py", "._search_space._one_line"),
-}
-
 # The summary and its plots import each other; the reports part of issue 10 untangles them.
 KNOWN_CYCLES_UNTIL_REPORTS_ISSUE_10 = {("plots", "summary")}
 
@@ -149,11 +135,5 @@ def test_known_cycles_are_still_there(loop):
 
 
 def test_no_private_names_across_modules_and_no_core_to_plugin_imports():
-    unexpected = violations() - KNOWN_UNTIL_SWEEPER_ISSUE_10
-    assert not unexpected, "\n".join(f"{path} imports {what}" for path, what in sorted(unexpected))
-
-
-@pytest.mark.parametrize("entry", sorted(KNOWN_UNTIL_SWEEPER_ISSUE_10))
-def test_known_violations_are_still_there(entry):
-    """A known violation that was fixed must leave the allow-list, so the list only shrinks."""
-    assert entry in violations()
+    found = violations()
+    assert not found, "\n".join(f"{path} imports {what}" for path, what in sorted(found))

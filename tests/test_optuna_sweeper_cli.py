@@ -95,6 +95,7 @@ def test_tpe_study_on_mnist_resumes_and_reports_the_best_trial(tpe_study):
     root, url, second = tpe_study
     study = optuna.load_study(study_name="mlp", storage=url)  # the name from the config
     trials = study.get_trials()
+    assert study.metric_names == ["val/acc"]  # hparams_search=mlp_optuna names its objective
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state.is_finished() for t in trials)
     assert [Path(t.user_attrs["run_dir"]).relative_to(root).as_posix() for t in trials] == [
@@ -180,6 +181,7 @@ def test_optuna_dashboard_serves_the_study(tpe_study):
                 time.sleep(0.2)
         assert [s["study_name"] for s in studies] == ["mlp"]
         detail = _get_json(f"{base}/api/studies/{studies[0]['study_id']}")
+        assert detail["objective_names"] == ["val/acc"]  # not "Objective 0"
         trials = detail["trials"]
         assert [t["number"] for t in trials] == [0, 1, 2, 3, 4]
         complete = [t for t in trials if t["state"] == "Complete"]

@@ -24,8 +24,10 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _study_setup, _workers
-from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError
+from hydra_plugins.mnist_lab_optuna_sweeper import _workers
+from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
+from mnist_lab import optuna_study
+from mnist_lab.signals import Terminated
 
 APP = Path(__file__).parent / "apps" / "fake_task.py"
 _spec = importlib.util.spec_from_file_location("fake_task", APP)
@@ -137,6 +139,44 @@ def test_max_failure_rate_stops_the_sweep(sweep, tmp_path):
     assert s.states() == ["FAIL"] * 3  # 3 > 0.2 * 10
 
 
+def test_terminated_sweep_fails_its_trial_as_terminated(sweep, tmp_path):
+    with pytest.raises(Terminated):  # re-raised: the entry point turns it into exit 143
+        sweep("mode=terminate", n_trials=3)
+    s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+    assert s.states() == ["FAIL"]
+    assert s.trials[0].user_attrs["status"] == "terminated"
+    assert s.trials[0].user_attrs["reason"] == "terminated: Terminated"
+
+
+@pytest.mark.parametrize(
+    "rate, n_failed, message",
+    [  # 0 (the official plugin's default) stops at the first failure; 1 never stops early
+        (0.0, 1, "stopping the sweep: 1 of the trials it ran failed"),
+        (0.3, 2, "stopping the sweep: 2 of the trials it ran failed, more than "
+         "max_failure_rate=0.3 of 6"),
+        (1.0, 3, None),
+    ],
+)  # fmt: skip
+def test_max_failure_rate_counts_failures_over_the_sweep(sweep, tmp_path, rate, n_failed, message):
+    overrides = [
+        "hydra/sweeper/sampler=grid",  # 6 trials, 3 of which raise, in the grid's random order
+        "mode=choice(value, raise)",
+        "x=choice(0.1, 0.2, 0.3)",
+        f"hydra.sweeper.max_failure_rate={rate}",
+    ]
+    if message is None:
+        s = sweep(*overrides, n_trials=6)
+        assert len(s.trials) == 6
+    else:
+        with pytest.raises(SweeperError) as error:
+            sweep(*overrides, n_trials=6)
+        assert str(error.value).startswith(message) and "\n" not in str(error.value)
+        assert "RuntimeError: boom" in str(error.value)  # the last failure's reason
+        s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+        assert s.states()[-1] == "FAIL"  # stopped right after the failure that crossed it
+    assert s.states().count("FAIL") == n_failed
+
+
 def test_values_with_spaces_and_commas_and_a_value_that_does_not_compose(sweep):
     s = sweep(
         "hydra/sweeper/sampler=grid",
@@ -232,7 +272,10 @@ def test_several_objectives_give_the_pareto_front(sweep):
         "y=choice(0.1, 0.5)",
         n_trials=4,
     )
-    front = s.results()["pareto_front"]
+    results = s.results()
+    front = results["solutions"]  # the official plugin's key for the Pareto front
+    assert "best_trial" not in results and "pareto_front" not in results
+    assert all({"params", "values"} <= set(p) for p in front)
     # values (x, x + y): (0.2, 0.3) and (0.8, 0.9) are not dominated
     assert sorted((round(a, 6), round(b, 6)) for a, b in (p["values"] for p in front)) == [
         (0.2, 0.3),
@@ -240,6 +283,18 @@ def test_several_objectives_give_the_pareto_front(sweep):
     ]
     assert all("retrain" in p and p["run_dir"] for p in front)
     assert all(t.intermediate_values == {} for t in s.trials)  # Optuna: no reports for several
+
+
+def test_several_objectives_none_completed_gives_empty_solutions(sweep, tmp_path):
+    with pytest.raises(SweeperError, match="no trial of study 's' completed"):
+        sweep(
+            "hydra.sweeper.direction=[maximize,minimize]",
+            "mode=raise",
+            "hydra.sweeper.max_failure_rate=1.0",
+            n_trials=2,
+        )
+    results = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1").results()
+    assert results["solutions"] == [] and results["trials"] == {"fail": 2}
 
 
 # ---------------------------------------------------------------- pruning
@@ -270,10 +325,39 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
         study="memory",
         storage=None,
     )
-    study = optuna.load_study(study_name="memory", storage=_study_setup.LOCAL_STORAGES["memory"])
+    study = optuna.load_study(study_name="memory", storage=optuna_study.in_memory_storage("memory"))
     states = {t.params["x"]: t.state.name for t in study.trials}
     assert states == {0.9: "COMPLETE", 0.3: "PRUNED"}  # 0.3 / 3 < 0.2 after epoch 1
     assert runner.returns is not None
+
+
+def test_a_trial_that_trains_all_its_epochs_is_complete(sweep):
+    threshold = [
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.lower=0.99",  # every value below it: prunes whenever asked
+    ]
+    s = sweep(*threshold, "x=0.5", "epochs=1", n_trials=1)
+    assert s.states() == ["COMPLETE"]  # no pruning decision after the last epoch
+    assert s.trials[0].intermediate_values == {1: 0.5}  # but the value is reported
+    assert s.record(s.trials[0])["status"] == "completed"
+    with pytest.raises(SweeperError, match="no trial of study 'three' completed"):
+        sweep(*threshold, "x=0.5", "epochs=3", n_trials=1, study="three", name="run2")
+    s = Sweep(s.url, "three", s.dir.parent / "run2")
+    assert s.states() == ["PRUNED"]  # before the last epoch the pruner decides
+    assert s.trials[0].intermediate_values == pytest.approx({1: 0.5 / 3})
+
+
+def test_nan_accuracy_is_not_a_pruning_reason(sweep):
+    s = sweep(
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.lower=0.99",
+        "mode=nan_acc",
+        "x=0.5",
+        "epochs=3",
+        n_trials=1,
+    )
+    assert s.states() == ["COMPLETE"]
+    assert s.trials[0].intermediate_values == {}  # nothing reported, nothing pruned
 
 
 # ---------------------------------------------------------------- stale trials
@@ -282,7 +366,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
 def _running(study, worker, heartbeat_age_s):
     trial = study.ask()
     trial.set_user_attr("worker", worker)
-    beat = _workers._now().timestamp() - heartbeat_age_s
+    beat = _workers.now().timestamp() - heartbeat_age_s
     trial.set_user_attr(
         "heartbeat_at", _workers.datetime.fromtimestamp(beat, _workers.timezone.utc).isoformat()
     )
@@ -384,6 +468,12 @@ def test_killed_sweeper_trial_is_failed_on_resume(sweep, tmp_path):
         (["hydra.sweeper.n_trials=-1"], "n_trials=-1"),
         (["hydra/sweeper/sampler=grid", "x=interval(0, 1)"], "grid sampler: x is continuous"),
         (["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_warmup_steps=-1"], "MedianPruner"),
+        (["hydra.sweeper.metric_names=[a,b]"], "metric_names=['a', 'b'] is not allowed: 1 name"),
+        (
+            ["hydra/sweeper/sampler=motpe"],
+            "hydra.sweeper.sampler: MOTPESampler was removed in Optuna 4: use "
+            "hydra/sweeper/sampler=tpe",
+        ),
     ],
 )
 def test_invalid_sweeper_config_fails_before_any_trial(sweep, tmp_path, overrides, message):
@@ -420,3 +510,28 @@ def test_unknown_sampler_group_is_refused_by_hydra(tmp_path):
     assert proc.returncode == 1
     assert "Could not find 'hydra/sweeper/sampler/nope'" in err
     assert "tpe" in err and "nsgaii" in err  # Hydra lists the available options
+
+
+# ---------------------------------------------------------------- samplers and metric names
+
+
+def test_gp_sampler_runs_a_study(sweep, caplog):
+    caplog.set_level("INFO")
+    s = sweep(
+        "hydra/sweeper/sampler=gp",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.sampler.n_startup_trials=2",  # then the Gaussian process proposes
+        "x=interval(0, 1)",
+        n_trials=4,
+    )
+    assert s.states() == ["COMPLETE"] * 4
+    assert "sampler GPSampler" in caplog.text
+    assert len({t.params["x"] for t in s.trials}) == 4
+
+
+def test_objective_names_recorded_for_the_dashboard(sweep):
+    s = sweep("x=interval(0, 1)", "hydra.sweeper.metric_names=[val/acc]", n_trials=1)
+    assert s.study.metric_names == ["val/acc"]
+    assert s.results()["metric_names"] == ["val/acc"]
+    s = sweep("x=interval(0, 1)", n_trials=1, study="unnamed", name="run2")
+    assert s.study.metric_names is None  # the default: Optuna's "Objective 0"

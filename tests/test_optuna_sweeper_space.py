@@ -16,12 +16,14 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from hydra_plugins.mnist_lab_optuna_sweeper import (
-    _job_results,
     _search_space,
     _study_setup,
+    _telling,
     _workers,
 )
-from hydra_plugins.mnist_lab_optuna_sweeper._search_space import SweeperError, parse_search_space
+from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
+from hydra_plugins.mnist_lab_optuna_sweeper._search_space import parse_search_space
+from mnist_lab import optuna_study
 
 PARSER = OverridesParser.create()
 
@@ -72,21 +74,61 @@ def test_sweep_syntax_maps_to_distribution(text, expected):
 
 
 @pytest.mark.parametrize(
+    "text, expected",
+    [  # like Hydra's official Optuna sweeper: the stop is included when it falls on the step
+        ("a=range(1, 3)", IntDistribution(1, 3)),
+        ("a=range(4, 6)", IntDistribution(4, 6)),
+        ("a=range(5)", IntDistribution(0, 5)),
+        ("a=range(1, 10, 2)", IntDistribution(1, 9, step=2)),  # 10 is not on the step
+        ("a=range(0, 7, 7)", IntDistribution(0, 7, step=7)),
+        ("a=range(10, 0, -3)", IntDistribution(1, 10, step=3)),  # 10, 7, 4, 1
+        ("a=range(3, 3)", IntDistribution(3, 3)),
+        ("a=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+        ("a=range(0, 5, step=0.5)", FloatDistribution(0, 5, step=0.5)),
+        ("a=range(-5.5, 5.5, step=0.5)", FloatDistribution(-5.5, 5.5, step=0.5)),
+        ("a=range(0, 1, 0.3)", FloatDistribution(0, 0.9, step=0.3)),
+        ("a=range(0.1, 0.5, 0.1)", FloatDistribution(0.1, 0.5, step=0.1)),
+        ("a=range(0, 5.0)", FloatDistribution(0, 5, step=1)),
+    ],
+)
+def test_range_includes_its_stop_for_sampling(text, expected):
+    dist = one(text).distribution
+    assert type(dist) is type(expected)
+    assert (dist.low, dist.high, dist.step) == pytest.approx(
+        (expected.low, expected.high, expected.step)
+    )
+
+
+@pytest.mark.parametrize(
     "text",
     ["a=range(1, 10, 2)", "a=range(5)", "a=range(10, 0, -3)", "a=range(2, 3)", "a=range(0, 7, 7)"],
 )
-def test_int_range_excludes_its_stop_like_hydra(text):
-    dist = one(text).distribution
+def test_grid_int_range_excludes_its_stop_like_hydra(text):
+    param = one(text)
+    assert param.grid == sorted(hydra_values(text))
+    dist = param.for_grid().distribution
     assert isinstance(dist, IntDistribution)
     assert values_of(dist) == sorted(hydra_values(text))
 
 
-def test_float_range_matches_hydra_values():
+def test_grid_float_range_matches_hydra_values():
     text = "a=range(0.1, 0.5, 0.1)"  # Hydra: 0.1, 0.2, 0.3, 0.4 (0.5 excluded)
-    dist = one(text).distribution
+    dist = one(text).for_grid().distribution
     assert isinstance(dist, FloatDistribution) and dist.step == pytest.approx(0.1)
     assert values_of(dist) == pytest.approx(hydra_values(text))
     assert dist.high == pytest.approx(0.4)
+
+
+def test_range_4_6_samples_6_under_random_and_tpe():
+    dist = one("x=range(4,6)").distribution
+    for sampler in (optuna.samplers.RandomSampler(seed=0), optuna.samplers.TPESampler(seed=0)):
+        study = optuna.create_study(sampler=sampler)
+        seen = set()
+        for _ in range(40):
+            trial = study.ask({"x": dist})
+            seen.add(trial.params["x"])
+            study.tell(trial, trial.params["x"])
+        assert seen == {4, 5, 6}, type(sampler).__name__
 
 
 def test_sampled_range_values_stay_inside_hydra_range():
@@ -94,6 +136,35 @@ def test_sampled_range_values_stay_inside_hydra_range():
     dist = one("a=range(1, 10, 4)").distribution  # 1, 5, 9
     seen = {study.ask({"a": dist}).params["a"] for _ in range(60)}
     assert seen == {1, 5, 9}
+
+
+@pytest.mark.parametrize(
+    "arguments, searched, fixed",
+    [  # the official plugin's cases: searched keys, fixed values, deletions
+        (["key=choice(1,2)"], {"key": CategoricalDistribution([1, 2])}, []),
+        (["key=5"], {}, ["key=5"]),
+        (["key1=choice(1,2)", "key2=5"], {"key1": CategoricalDistribution([1, 2])}, ["key2=5"]),
+        (
+            ["key1=choice(1,2)", "key2=5", "key3=range(1,3)"],
+            {"key1": CategoricalDistribution([1, 2]), "key3": IntDistribution(1, 3)},
+            ["key2=5"],
+        ),
+        (["~z"], {}, ["~z"]),
+        (["~z=10"], {}, ["~z=10"]),
+        (
+            ["key=choice('hello', 'world')"],
+            {"key": CategoricalDistribution(["hello", "world"])},
+            [],
+        ),
+        (["key=shuffle(range(1,3))"], {"key": CategoricalDistribution([1, 2])}, []),
+    ],
+)
+def test_params_from_overrides(arguments, searched, fixed):
+    space, plain = parse_search_space(None, arguments)
+    dists = {p.name: p.distribution for p in space}
+    if "shuffle" in arguments[0]:  # shuffle() orders the choices at random
+        dists = {k: CategoricalDistribution(sorted(v.choices)) for k, v in dists.items()}
+    assert dists == searched and plain == fixed
 
 
 def test_plain_values_pass_through_unchanged():
@@ -151,7 +222,8 @@ def test_official_search_space_form():
         ("lr=tag(log, interval(-1, 1))", "log interval needs a lower bound above 0"),
         ("h=tag(log, int(interval(0, 8)))", "log interval needs a lower bound above 0"),
         ("lr=tag(lgo, interval(1, 2))", "unknown tag 'lgo'"),
-        ("a=range(3, 3)", "is empty"),
+        ("a=range(5, 3)", "is empty"),
+        ("a=range(1, 5, 0)", "the step must not be 0"),
         ("a=choice(", "cannot parse"),
     ],
 )
@@ -169,6 +241,9 @@ def test_grid_needs_discrete_values():
     assert _search_space.grid_of(space) == {"a": ["x", "y"], "b": [0, 2, 4], "c": [1, 2, 3]}
     space, _ = parse_search_space(None, ["lr=interval(0.1, 1)"])
     with pytest.raises(SweeperError, match="lr is continuous"):
+        _search_space.grid_of(space)
+    space, _ = parse_search_space(None, ["a=range(3, 3)"])  # Hydra's values: none
+    with pytest.raises(SweeperError, match="a has no values"):
         _search_space.grid_of(space)
 
 
@@ -246,14 +321,14 @@ def test_retrain_command_quotes_for_the_shell():
     ],
 )
 def test_objective_values(value, n, expected, why):
-    values, reason = _job_results.objective_values(value, n)
+    values, reason = _telling.objective_values(value, n)
     assert values == expected
     assert (reason is None) if why is None else (why in reason)
 
 
 def test_numpy_scalars_count_as_numbers():
     np = pytest.importorskip("numpy")
-    assert _job_results.objective_values(np.float32(0.5), 1) == ([0.5], None)
+    assert _telling.objective_values(np.float32(0.5), 1) == ([0.5], None)
 
 
 # ---------------------------------------------------------------- stale trials
@@ -312,7 +387,7 @@ def test_heartbeat_refreshes_trials_in_flight():
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("heartbeat_at", "then")
-    with _workers._Heartbeat([trial], interval=0.05):
+    with _workers.Heartbeat([trial], interval=0.05):
         deadline = datetime.now() + timedelta(seconds=10)
         while study.trials[0].user_attrs["heartbeat_at"] == "then":
             assert datetime.now() < deadline
@@ -365,6 +440,101 @@ def test_sqlite_storage_url_made_absolute(tmp_path, monkeypatch):
     assert _study_setup.absolute_storage_url("sqlite:////abs/o.db") == "sqlite:////abs/o.db"
     assert _study_setup.absolute_storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert _study_setup.absolute_storage_url(None) is None
-    storage = _study_setup.make_storage("sqlite:///results/o.db")  # creates the folder
+    storage = optuna_study.open_storage("sqlite:///results/o.db")  # creates the folder
     assert (tmp_path / "results" / "o.db").exists()
     storage.engine.dispose()
+
+
+# Every sampler key of Hydra's official Optuna sweeper schema (hydra-optuna-sweeper 1.4.0.dev9),
+# by its sampler option name: ours has the same option with the same keys.
+OFFICIAL_SAMPLER_KEYS = {
+    "tpe": {"seed", "consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints",
+            "n_startup_trials", "n_ei_candidates", "multivariate", "warn_independent_sampling"},
+    "random": {"seed"},
+    "grid": set(),
+    "cmaes": {"seed", "x0", "sigma0", "independent_sampler", "warn_independent_sampling",
+              "consider_pruned_trials", "restart_strategy", "inc_popsize", "use_separable_cma",
+              "source_trials"},
+    "nsgaii": {"seed", "population_size", "mutation_prob", "crossover_prob", "swapping_prob",
+               "constraints_func"},
+    "gp": {"seed", "independent_sampler", "n_startup_trials", "deterministic_objective",
+           "constraints_func", "warn_independent_sampling"},
+    "qmc": {"seed", "qmc_type", "scramble", "independent_sampler", "warn_asynchronous_seeding",
+            "warn_independent_sampling"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SAMPLER_KEYS))
+def test_every_official_sampler_key_exists_and_reaches_optuna(name, compose):
+    cfg = compose(["hydra/sweeper=optuna", f"hydra/sweeper/sampler={name}"], True)
+    node = cfg.hydra.sweeper.sampler
+    assert OFFICIAL_SAMPLER_KEYS[name] <= set(node), name
+    grid = {"a": [1, 2]} if name == "grid" else None
+    sampler = _study_setup.build_sampler(node, grid)  # every key null: Optuna's defaults
+    assert type(sampler).__name__ == node._target_.rsplit(".", 1)[1]
+
+
+def positive_is_infeasible(trial):
+    """A constraints_func: the trial is feasible when its `a` is at most 0."""
+    return [trial.params["a"]]
+
+
+class CountingSampler(optuna.samplers.RandomSampler):
+    calls = 0
+
+    def sample_independent(self, *args, **kwargs):
+        CountingSampler.calls += 1
+        return super().sample_independent(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["optuna.samplers.NSGAIISampler", "optuna.samplers.TPESampler", "optuna.samplers.GPSampler"],
+)
+def test_constraints_func_by_dotted_path_or_target_node(target):
+    for func in (
+        f"{__name__}.positive_is_infeasible",
+        {"_target_": "hydra.utils.get_method", "path": f"{__name__}.positive_is_infeasible"},
+    ):
+        cfg = {"_target_": target, "seed": 0, "constraints_func": func}
+        study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+        study.optimize(lambda t: t.suggest_float("a", -1, 1), n_trials=3)
+        for trial in study.trials:  # Optuna stored what the function said
+            assert list(trial.system_attrs["constraints"]) == [trial.params["a"]]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["optuna.samplers.QMCSampler", "optuna.samplers.CmaEsSampler", "optuna.samplers.GPSampler"],
+)
+def test_independent_sampler_from_a_target_node(target):
+    cfg = {
+        "_target_": target,
+        "seed": 0,
+        "independent_sampler": {"_target_": f"{__name__}.CountingSampler", "seed": 1},
+    }
+    study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+    CountingSampler.calls = 0
+    # a categorical parameter is outside what these samplers model: the independent one draws it
+    study.optimize(lambda t: len(t.suggest_categorical("c", ["p", "q"])), n_trials=3)
+    assert CountingSampler.calls >= 1  # the node was built and handed to the sampler
+
+
+def earlier_trials():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("a", -1, 1) ** 2, n_trials=20)
+    return study.trials
+
+
+def test_cmaes_source_trials_from_a_target_node():
+    cfg = {
+        "_target_": "optuna.samplers.CmaEsSampler",
+        "seed": 0,
+        "source_trials": {"_target_": f"{__name__}.earlier_trials"},
+    }
+    study = optuna.create_study(sampler=_study_setup.build_sampler(cfg))
+    study.optimize(lambda t: t.suggest_float("a", -1, 1) ** 2, n_trials=3)
+    assert len(study.trials) == 3
+    # the trials reach Optuna, which refuses them together with use_separable_cma
+    with pytest.raises(SweeperError, match="CmaEsSampler: .*source_trials"):
+        _study_setup.build_sampler({**cfg, "use_separable_cma": True})

@@ -358,3 +358,11 @@ def test_a_trial_that_stops_early_is_complete_not_pruned(run_cli, tmp_path):
     assert result["status"] == "completed" and result["epochs_run"] == 2
     assert result["stopped_early"]["epoch"] == 2
     assert result["weights"]["best"] == "weights_best.pt"  # best-only in a multirun
+    # The end-of-study report names the best trial's weights and how to evaluate them.
+    from omegaconf import OmegaConf
+
+    weights = f"{result['run_dir']}/weights_best.pt"
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").best_trial
+    assert best.weights == weights and f"  weights: {weights}\n" in proc.output
+    assert best.evaluate.endswith(f"experiments/evaluate.py {result['run_dir']}")
+    assert f"  evaluate: {best.evaluate}" in proc.output

@@ -2,8 +2,11 @@
 
 `choice`, `range`, `interval`, `int(interval)` and `tag(log, ...)` from `hydra.sweeper.params`, then
 the command line (same key: the command line wins). Each override becomes an Optuna distribution;
-plain values are passed to every job. `SweeperError` and `_one_line` live here, where they are first
-used; the other modules import them.
+plain values are passed to every job.
+
+`range()` follows Hydra's official Optuna sweeper: for every sampler but the grid its stop is
+included when it falls on the step (`range(4, 6)` samples 4, 5 and 6; `range(0.5, 5.5, step=1)`
+goes up to 5.5); the grid sampler runs Hydra's own values, the stop excluded (`Param.grid`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,7 +27,6 @@ from hydra.core.override_parser.types import (
     RangeSweep,
     Transformer,
 )
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
@@ -32,9 +35,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from mnist_lab.optuna_study import one_line
 
-class SweeperError(CompactHydraException):
-    """Printed by Hydra as its message alone (one line), exit status 1."""
+from ._errors import SweeperError
 
 
 @dataclass
@@ -46,11 +49,18 @@ class Param:
     distribution: BaseDistribution
     grid: list[Any] | None  # every value, for the grid sampler; None when continuous
     raw: dict[str, str] | None = None  # choice values that are lists/dicts: encoded -> Hydra text
+    grid_distribution: BaseDistribution | None = None  # under the grid sampler, if different
 
     def override(self, value: Any) -> str:
         if self.raw is not None and isinstance(value, str) and value in self.raw:
             return f"{self.key}={self.raw[value]}"
         return f"{self.key}={render_value(value)}"
+
+    def for_grid(self) -> Param:
+        """This parameter as the grid sampler runs it (a range: Hydra's values, stop excluded)."""
+        if self.grid_distribution is None:
+            return self
+        return replace(self, distribution=self.grid_distribution)
 
 
 def quote(text: str) -> str:
@@ -146,18 +156,35 @@ def _choice_param(override: Override, values: list[Any]) -> Param:
 
 def _range_param(override: Override, sweep: RangeSweep) -> Param:
     name = _param_name(override)
-    values = list(override.sweep_iterator())  # Hydra's own values: the stop is excluded
-    if not values:
-        raise SweeperError(f"{name}={override.input_line.split('=', 1)[1]} is empty")
+    text = override.input_line.split("=", 1)[1]
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    if not step:
+        raise SweeperError(f"{name}={text}: the step must not be 0")
+    hydra_values = list(override.sweep_iterator())  # Hydra's own values: the stop is excluded
     if sweep.shuffle:
-        return _choice_param(override, values)
-    step = abs(sweep.step)
-    low, high = min(values), max(values)
-    if all(isinstance(v, int) for v in values):
-        dist: BaseDistribution = IntDistribution(low, high, step=int(step))
-    else:
-        dist = FloatDistribution(float(low), float(high), step=float(step))
-    return Param(name, override.get_key_element(), dist, sorted(values))
+        if not hydra_values:
+            raise SweeperError(f"{name}={text} is empty")
+        return _choice_param(override, hydra_values)
+    # Like the official plugin: from start by step up to and including stop.
+    count = math.floor((Decimal(str(stop)) - Decimal(str(start))) / Decimal(str(step)))
+    if count < 0:
+        raise SweeperError(f"{name}={text} is empty")
+    integer = all(isinstance(v, int) for v in (start, stop, step))
+    dist = _stepped(start, step, count, integer)
+    # The grid sampler: Hydra's values (empty for range(3, 3): refused if the grid runs).
+    grid_dist = _stepped(start, step, len(hydra_values) - 1, integer) if hydra_values else None
+    return Param(
+        name, override.get_key_element(), dist, sorted(hydra_values), grid_distribution=grid_dist
+    )
+
+
+def _stepped(start: float, step: float, count: int, integer: bool) -> BaseDistribution:
+    """The distribution of start, start + step, ..., start + count * step (step may be < 0)."""
+    end = Decimal(str(start)) + count * Decimal(str(step))
+    low, high = sorted([start, int(end) if integer else float(end)])
+    if integer:
+        return IntDistribution(int(low), int(high), step=abs(int(step)))
+    return FloatDistribution(float(low), float(high), step=abs(float(step)))
 
 
 def _interval_param(override: Override, sweep: IntervalSweep) -> Param:
@@ -188,7 +215,7 @@ def param_from_override(override: Override) -> Param | None:
     try:
         return _param_from_override(override)
     except ValueError as e:  # Optuna refuses the distribution
-        raise SweeperError(f"{override.input_line}: {_one_line(e)}") from None
+        raise SweeperError(f"{override.input_line}: {one_line(e)}") from None
 
 
 def _param_from_override(override: Override) -> Param | None:
@@ -257,7 +284,7 @@ def parse_search_space(
         try:
             override = parser.parse_override(line)
         except Exception as e:
-            raise SweeperError(f"cannot parse {line!r}: {_one_line(e)}") from None
+            raise SweeperError(f"cannot parse {line!r}: {one_line(e)}") from None
         merged[_key_id(override)] = override
     space: list[Param] = []
     fixed: list[str] = []
@@ -273,7 +300,7 @@ def parse_search_space(
             try:
                 space.append(_param_from_spec(str(name), spec))
             except ValueError as e:
-                raise SweeperError(f"search_space.{name}: {_one_line(e)}") from None
+                raise SweeperError(f"search_space.{name}: {one_line(e)}") from None
     return space, fixed
 
 
@@ -292,10 +319,9 @@ def grid_of(space: Sequence[Param]) -> dict[str, list[Any]]:
             raise SweeperError(
                 f"grid sampler: {p.name} is continuous; use choice(), range() or int(interval())"
             )
+        if not p.grid:
+            raise SweeperError(
+                f"grid sampler: {p.name} has no values (a range excludes its stop, like Hydra's)"
+            )
         grid[p.name] = p.grid
     return grid
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -1,76 +1,58 @@
-"""Optuna objects from config: the sampler and pruner (`hydra.sweeper.sampler`/`pruner`) and the
-study's storage (SQLite waits for locks instead of failing; in memory for `storage: null`).
+"""The study from config: its sampler and pruner (`hydra.sweeper.sampler`/`pruner`), its storage
+(through `mnist_lab.optuna_study`, which the jobs use too) and the study itself, created or loaded
+to resume.
 """
 
 from __future__ import annotations
 
-import time
+import importlib.util
+import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ._search_space import SweeperError, _one_line
+from mnist_lab import optuna_study
+from mnist_lab.optuna_study import OptunaConfigError, display_url, one_line
 
-SQLITE_TIMEOUT_S = 30
-# Storages of studies kept in memory (storage: null), by study name: jobs that run in this
-# process (Hydra's basic launcher) can still report to their trial.
-LOCAL_STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+from ._errors import SweeperError
+from .config import REMOVED_SAMPLERS
 
-
-def _kwargs(cfg: Any) -> tuple[str, dict[str, Any]]:
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg = dict(cfg)
-    target = cfg.pop("_target_", None)
-    if not target:
-        raise SweeperError("no _target_ given")
-    return target, {k: v for k, v in cfg.items() if v is not None and not k.startswith("_")}
+log = logging.getLogger(__name__)
 
 
-def _build(kind: str, cfg: Any, **extra: Any) -> Any:
-    try:
-        target, kwargs = _kwargs(cfg)
-    except SweeperError as e:
-        raise SweeperError(f"hydra.sweeper.{kind}: {e}") from None
-    try:
-        cls = get_class(target)
-    except Exception:
-        raise SweeperError(f"hydra.sweeper.{kind}: unknown class {target!r}") from None
-    if target.endswith("CmaEsSampler") and not _has_module("cmaes"):
-        raise SweeperError(f"hydra.sweeper.{kind}: {target} needs `pip install cmaes`")
-    try:
-        return cls(**kwargs, **extra)
-    except Exception as e:
-        raise SweeperError(f"hydra.sweeper.{kind}: {target}: {_one_line(e)}") from None
+def setting(cfg: Any, key: str) -> Any:
+    """`cfg[key]` of a sampler/pruner node (None if absent or the node is not a mapping)."""
+    return cfg.get(key) if isinstance(cfg, (Mapping, DictConfig)) else None
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+def is_grid(cfg: Any) -> bool:
+    return setting(cfg, "_target_") == "optuna.samplers.GridSampler"
 
 
 def build_sampler(
     cfg: Any, grid: dict[str, list[Any]] | None = None
 ) -> optuna.samplers.BaseSampler:
-    return _build("sampler", cfg, **({"search_space": grid} if grid is not None else {}))
+    target = setting(cfg, "_target_")
+    if target in REMOVED_SAMPLERS:
+        raise SweeperError(f"hydra.sweeper.sampler: {REMOVED_SAMPLERS[target]}")
+    if str(target).endswith("CmaEsSampler") and importlib.util.find_spec("cmaes") is None:
+        raise SweeperError(f"hydra.sweeper.sampler: {target} needs `pip install cmaes`")
+    extra = {"search_space": grid} if grid is not None else {}
+    try:
+        return optuna_study.from_config(cfg, **extra)
+    except OptunaConfigError as e:
+        raise SweeperError(f"hydra.sweeper.sampler: {e}") from None
 
 
 def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
-    """The study's pruner from `hydra.sweeper.pruner` (null: no pruning); the job uses it too."""
-    return optuna.pruners.NopPruner() if cfg is None else _build("pruner", cfg)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    return cfg.get(key) if isinstance(cfg, (Mapping, DictConfig)) else None
-
-
-def is_grid(cfg: Any) -> bool:
-    return _get(cfg, "_target_") == "optuna.samplers.GridSampler"
+    try:
+        return optuna_study.build_pruner(cfg)
+    except OptunaConfigError as e:
+        raise SweeperError(f"hydra.sweeper.pruner: {e}") from None
 
 
 def absolute_storage_url(url: str | None) -> str | None:
@@ -84,31 +66,41 @@ def absolute_storage_url(url: str | None) -> str | None:
     return prefix + str(Path(path).expanduser().resolve())
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """RDB storage for a URL (SQLite waits for locks instead of failing); in memory for None."""
+def open_study(
+    url: str | None,
+    study_name: str | None,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    directions: list[str],
+    metric_names: list[str] | None,
+    seeded: bool,
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Create the study or load it to resume; refuse one stored with other directions."""
+    try:
+        storage = optuna_study.open_storage(url)
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=study_name,
+            directions=directions,
+            load_if_exists=True,
+        )
+    except Exception as e:
+        raise SweeperError(f"hydra.sweeper.storage={display_url(url)!r}: {one_line(e)}") from None
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise SweeperError(
+            f"study {study.study_name!r} was created with direction {stored}, not {directions}"
+        )
+    if metric_names is not None:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metric_names))
     if url is None:
-        return optuna.storages.InMemoryStorage()
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if path and not path.startswith((":memory:", "file:")):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return _rdb_storage(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return _rdb_storage(url, {"pool_pre_ping": True})
-
-
-def _rdb_storage(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """RDBStorage, retried while another worker is creating the same database's schema.
-
-    Two sweeps started together on a new database both try to create Optuna's tables and alembic
-    version row; the loser gets an IntegrityError (or a lock error) and, on retry, finds them made.
-    """
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+        optuna_study.keep_in_memory(study.study_name, storage)
+    if seeded and study.get_trials(deepcopy=False):
+        # A seeded sampler restarted on a resumed study would propose its first trials again.
+        sampler.reseed_rng()
+        log.info("study has trials already: the seeded sampler is reseeded (no repeats)")
+    return study, storage

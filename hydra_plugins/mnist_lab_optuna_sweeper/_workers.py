@@ -15,6 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ._telling import tell
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
@@ -84,7 +86,34 @@ def stale_reason(
     return None
 
 
-class _Heartbeat:
+def fail_stale(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    grace_period: float,
+    here: Mapping[str, Any],
+    in_flight: set[int],
+) -> None:
+    """Tell FAIL (reason `stale: ...`) every RUNNING trial left over from a dead worker."""
+    at = now()
+    study_id = None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial, at, grace_period, here, in_flight)
+        if reason is None:
+            continue
+        try:
+            if study_id is None:
+                study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "reason", f"stale: {reason}")
+            storage.set_trial_user_attr(trial_id, "status", "stale")
+            tell(study, trial.number, TrialState.FAIL)
+        except Exception as e:  # another worker failed or finished it first
+            log.debug("stale trial %d: %s", trial.number, e)
+            continue
+        log.warning("trial %d marked failed: %s", trial.number, reason)
+
+
+class Heartbeat:
     """Refreshes `heartbeat_at` of the trials in flight while a batch runs."""
 
     def __init__(self, trials: Sequence[optuna.Trial], interval: float):
@@ -96,11 +125,11 @@ class _Heartbeat:
         while not self.stop.wait(self.interval):
             for trial in self.trials:
                 try:
-                    trial.set_user_attr("heartbeat_at", _now().isoformat())
+                    trial.set_user_attr("heartbeat_at", now().isoformat())
                 except Exception as e:  # finished meanwhile, or the database is busy
                     log.debug("heartbeat of trial %d: %s", trial.number, e)
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 

@@ -3,8 +3,11 @@
 `override hydra/sweeper: optuna` selects `OptunaSweeperConf`; the samplers live in the
 `hydra/sweeper/sampler` group (default `tpe`) and the pruners in `hydra/sweeper/pruner` (default
 `none`). Keys are those of Hydra's official Optuna sweeper, so a search space written for it works
-after pointing `_target_` at this class. A sampler or pruner key left `null` is not passed, so
-Optuna's own default applies (and changing `_target_` never passes another class's keys).
+after pointing `_target_` at this class (README, "Compatibility with Hydra's Optuna sweeper", lists
+every difference). A sampler or pruner key left `null` is not passed, so the installed Optuna's own
+default applies (and changing `_target_` never passes another class's keys). A key that takes an
+object (`independent_sampler`, `source_trials`) takes a `{_target_: ...}` node, which is
+instantiated; a key that takes a function (`constraints_func`) takes a dotted path or such a node.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module without
@@ -16,9 +19,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lab_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-# Each job's Hydra config carries its trial number as hydra.job.env_set.<TRIAL_ENV> (see
-# mnist_lab/pruning.py).
-TRIAL_ENV = "MNIST_LAB_OPTUNA_TRIAL"
+# MOTPESampler was removed in Optuna 4; `hydra/sweeper/sampler=motpe` says so in one line.
+REMOVED_SAMPLERS = {
+    "optuna.samplers.MOTPESampler": "MOTPESampler was removed in Optuna 4: use "
+    "hydra/sweeper/sampler=tpe (it handles several objectives; hydra.sweeper.sampler."
+    "multivariate=true) or hydra/sweeper/sampler=nsgaii",
+}
 
 
 @dataclass
@@ -40,6 +46,7 @@ class TPESamplerConfig(SamplerConfig):
     consider_magic_clip: bool | None = None
     consider_endpoints: bool | None = None
     warn_independent_sampling: bool | None = None
+    constraints_func: Any = None
 
 
 @dataclass
@@ -60,6 +67,7 @@ class CmaEsSamplerConfig(SamplerConfig):
     x0: dict[str, Any] | None = None
     sigma0: float | None = None
     n_startup_trials: int | None = None
+    independent_sampler: Any = None
     warn_independent_sampling: bool | None = None
     consider_pruned_trials: bool | None = None
     restart_strategy: str | None = None
@@ -68,6 +76,7 @@ class CmaEsSamplerConfig(SamplerConfig):
     use_separable_cma: bool | None = None
     with_margin: bool | None = None
     lr_adapt: bool | None = None
+    source_trials: Any = None
 
 
 @dataclass
@@ -75,6 +84,7 @@ class QMCSamplerConfig(SamplerConfig):
     _target_: str = "optuna.samplers.QMCSampler"
     qmc_type: str | None = None
     scramble: bool | None = None
+    independent_sampler: Any = None
     warn_asynchronous_seeding: bool | None = None
     warn_independent_sampling: bool | None = None
 
@@ -86,6 +96,19 @@ class NSGAIISamplerConfig(SamplerConfig):
     mutation_prob: float | None = None
     crossover_prob: float | None = None
     swapping_prob: float | None = None
+    constraints_func: Any = None
+
+
+@dataclass
+class GPSamplerConfig(SamplerConfig):
+    """Gaussian-process Bayesian optimisation (needs torch and scipy, both installed here)."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    independent_sampler: Any = None
+    n_startup_trials: int | None = None
+    deterministic_objective: bool | None = None
+    constraints_func: Any = None
+    warn_independent_sampling: bool | None = None
 
 
 @dataclass
@@ -149,6 +172,8 @@ class OptunaSweeperConf:
     params: dict[str, Any] | None = None
     # Deprecated form of the official plugin ({key: {type, low, high, log, step, choices}}).
     search_space: dict[str, Any] | None = None
+    # The objectives' names, one per direction, shown by optuna-dashboard (null: "Objective 0").
+    metric_names: list[str] | None = None
     # "module.function(cfg, trial)" that suggests further parameters with trial.suggest_*.
     custom_search_space: str | None = None
     # While its trials run, the sweeper refreshes their `heartbeat_at` attribute every this many
@@ -169,9 +194,18 @@ def register() -> None:
         "cmaes": CmaEsSamplerConfig,
         "qmc": QMCSamplerConfig,
         "nsgaii": NSGAIISamplerConfig,
+        "gp": GPSamplerConfig,
     }
     for name, node in samplers.items():
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider=provider)
+    # Kept so that `sampler=motpe` says it was removed (REMOVED_SAMPLERS); a plain dict, so an old
+    # config's MOTPE keys reach that message instead of an unknown-key error.
+    cs.store(
+        group="hydra/sweeper/sampler",
+        name="motpe",
+        node={"_target_": "optuna.samplers.MOTPESampler"},
+        provider=provider,
+    )
     # A plain dict, not a dataclass: a config may replace it with any pruner's keys.
     cs.store(
         group="hydra/sweeper/pruner",

@@ -2,8 +2,9 @@
 
 `x` is the objective (reported per epoch as `val/acc` = x * epoch / epochs, so pruning can be
 exercised), `mode` picks the outcome: value (x + y) | two ([x, x + y]) | raise | return_nan |
-return_inf | return_string | return_none | diverged | failed_record | interrupt (Ctrl-C) | sleep
-(`sleep` seconds, then x). `name` is echoed into the record (values with spaces and commas).
+return_inf | return_string | return_none | diverged | failed_record | interrupt (Ctrl-C) |
+terminate (SIGTERM's exception) | nan_acc (val/acc reported as NaN, then x) | sleep (`sleep`
+seconds, then x). `name` is echoed into the record (values with spaces and commas).
 Writes a result.json shaped like the real one (docs/ARCHITECTURE.md).
 """
 
@@ -18,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import pruning
+from mnist_lab import trial_reporting
+from mnist_lab.signals import Terminated
 
 
 def _write(out: Path, record: dict) -> None:
@@ -34,21 +36,21 @@ def task(cfg: DictConfig):
         "status": "running",
         "reason": None,
         "run_dir": str(out),
-        "trial": pruning.trial_identity(),
+        "trial": trial_reporting.trial_identity(),
         "overrides": list(HydraConfig.get().overrides.task),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epochs_run": 0,
         "final": {},
         "best": {},
     }
-    reporter = pruning.epoch_reporter()
+    reporter = trial_reporting.epoch_reporter(cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         acc = cfg.x * epoch / cfg.epochs
         record.update(epochs_run=epoch, final={"val/acc": acc, "test/acc": acc - 0.01})
         record["best"] = {"epoch": epoch, "val/acc": acc, "test/acc": acc - 0.01}
         if reporter is not None:
             try:
-                reporter(epoch, {"val/acc": acc})
+                reporter(epoch, {"val/acc": math.nan if cfg.mode == "nan_acc" else acc})
             except BaseException as e:  # optuna.TrialPruned: partial record, then re-raise
                 record.update(status="pruned", reason=str(e))
                 _write(out, record)
@@ -58,6 +60,8 @@ def task(cfg: DictConfig):
     record["wall_seconds"] = time.perf_counter() - started
     if cfg.mode == "interrupt":
         raise KeyboardInterrupt
+    if cfg.mode == "terminate":
+        raise Terminated
     if cfg.mode == "raise":
         record.update(status="failed", reason="RuntimeError: boom")
         _write(out, record)
@@ -79,6 +83,7 @@ def task(cfg: DictConfig):
         "return_string": "not a number",
         "return_none": None,
         "sleep": cfg.x,
+        "nan_acc": cfg.x,
         "two": [cfg.x, cfg.x + cfg.y],
     }[cfg.mode]
 

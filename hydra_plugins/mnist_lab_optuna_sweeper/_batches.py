@@ -1,0 +1,106 @@
+"""Batches: ask up to a batch of trials while the study is short of its target, launch the ones
+that compose through Hydra's launcher (with heartbeats), and tell every outcome.
+
+Finished + running trials are counted in the storage before every ask, so reruns top the study up
+and concurrent workers (which count each other's running trials) overshoot by at most a racing
+ask. Whatever stops a batch (Ctrl-C, SIGTERM, a launcher error) tells its unfinished trials FAIL
+and is re-raised: no trial is left RUNNING.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from ._composing import composable, job_overrides
+from ._search_space import Param
+from ._telling import tell_job, tell_stopped
+from ._workers import Heartbeat
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+Batch = list[tuple[optuna.Trial, list[str]]]
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials of the study, read from its storage now."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in FINISHED for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return finished, running
+
+
+@dataclass
+class Batches:
+    study: optuna.Study
+    launcher: Launcher
+    hydra_context: HydraContext
+    config: DictConfig
+    space: Sequence[Param]
+    fixed: list[str]
+    extend: Callable[[DictConfig, optuna.Trial], None] | None
+    url: str | None
+    worker: Mapping[str, Any]
+    heartbeat_interval: float
+    size: int
+    n_objectives: int
+    job_idx: int = 0
+    in_flight: set[int] = field(default_factory=set)
+
+    def ask(self, target: int) -> Batch:
+        """Up to `size` new trials with their job overrides, while the study is short of target."""
+        distributions = {p.name: p.distribution for p in self.space}
+        by_name = {p.name: p for p in self.space}
+        batch: Batch = []
+        try:
+            while len(batch) < self.size:
+                finished, running = counts(self.study)
+                if finished + running >= target:
+                    break
+                trial = self.study.ask(fixed_distributions=distributions)
+                self.in_flight.add(trial.number)
+                batch.append((trial, []))
+                if self.extend is not None:
+                    self.extend(self.config, trial)
+                overrides = job_overrides(
+                    trial, self.fixed, by_name, self.config, self.url, self.worker
+                )
+                batch[-1] = (trial, overrides)
+        except BaseException as e:
+            self._stopped([t for t, _ in batch], e)
+            raise
+        return batch
+
+    def run(self, batch: Batch) -> tuple[Sequence[JobReturn], list[optuna.Trial]]:
+        """Launch the trials that compose, tell every outcome; (job returns, failed trials)."""
+        try:
+            jobs, not_composed = composable(self.study, batch, self.hydra_context, self.config)
+            self.in_flight.difference_update(t.number for t in not_composed)
+            failed = list(not_composed)
+            results: Sequence[JobReturn] = []
+            if jobs:
+                with Heartbeat([t for t, _ in jobs], self.heartbeat_interval):
+                    results = self.launcher.launch(
+                        [o for _, o in jobs], initial_job_idx=self.job_idx
+                    )
+                self.job_idx += len(results)
+                for (trial, _), ret in zip(jobs, results, strict=True):
+                    if tell_job(self.study, trial, ret, self.n_objectives):
+                        failed.append(trial)
+                    self.in_flight.discard(trial.number)
+            return results, failed
+        except BaseException as e:
+            self._stopped([t for t, _ in batch], e)
+            raise
+        finally:
+            self.in_flight.clear()
+
+    def _stopped(self, trials: Sequence[optuna.Trial], error: BaseException) -> None:
+        tell_stopped(self.study, [t for t in trials if t.number in self.in_flight], error)
