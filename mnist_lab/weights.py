@@ -10,7 +10,7 @@ reads the same tensors a captured CUDA graph updates.
 Which files (`trainer.save_weights`): `final`, `best`, `both` (the final file, plus the best one
 only when another epoch was best; otherwise the record names the final file for both), `none`;
 `auto` is `both` for a single run and `best` in a multirun (a 100-trial study of the default
-search space then keeps about 180 MB instead of twice that; docs/ARCHITECTURE.md).
+search space then keeps about 180 MB instead of up to twice that; README, "Saved models").
 """
 
 from __future__ import annotations
