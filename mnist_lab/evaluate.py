@@ -79,8 +79,8 @@ def measure(run: SavedRun) -> Evaluation:
 def report(run: SavedRun, result: Evaluation) -> str:
     recorded = run.recorded()
     lines = [
-        f"run {run.run_dir}: {run.weights.name} ({run.which} weights, epoch {run.epoch}) "
-        f"on {result.data.test_x.device}",
+        f"run {run.run_dir}: its {run.which} weights (epoch {run.epoch}, {run.weights.name}), "
+        f"evaluated on {result.data.test_x.device}",
         f"{'':6}{'loss':>8}{'acc':>8}    record:{'loss':>8}{'acc':>8}",
     ]
     for split in ("val", "test"):
@@ -88,6 +88,14 @@ def report(run: SavedRun, result: Evaluation) -> str:
         rec = (recorded[f"{split}/loss"], recorded[f"{split}/acc"])
         shown = "".join(f"{v:>8.4f}" if v is not None else f"{'-':>8}" for v in rec)
         lines.append(f"{split:6}{loss:>8.4f}{acc:>8.4f}{'':11}{shown}")
+    pairs = [(k, result.metrics[k], v) for k, v in recorded.items() if v is not None]
+    differ = [k for k, got, want in pairs if f"{got:.4f}" != f"{want:.4f}"]
+    if pairs:
+        lines.append(
+            f"differs from the record in {', '.join(differ)} (other data, device or version?)"
+            if differ
+            else "matches the record to 4 decimals"
+        )
     per_class = "  ".join(f"{d}: {a:.2%}" for d, a in enumerate(result.per_class))
     lines.append(f"per-class test accuracy: {per_class}")
     lines.append("test confusion matrix (rows: true digit, columns: predicted):")

@@ -97,6 +97,7 @@ def test_evaluate_prints_the_records_figures_and_writes_its_files(trained, tmp_p
         loss, acc, rec_loss, rec_acc = figures(proc.stdout, split)
         assert f"{acc:.4f}" == f"{final[f'{split}/acc']:.4f}" == f"{rec_acc:.4f}"
         assert f"{loss:.4f}" == f"{final[f'{split}/loss']:.4f}" == f"{rec_loss:.4f}"
+    assert "matches the record to 4 decimals" in proc.stdout
     assert "per-class test accuracy: 0: " in proc.stdout
     assert "test confusion matrix" in proc.stdout
     written = json.loads((run / "eval" / "metrics.json").read_text())
