@@ -19,8 +19,11 @@ of the baseline's steady epoch to the variant's.
 from __future__ import annotations
 
 import argparse
+import gzip
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -28,7 +31,7 @@ from torch import nn
 
 import mnist_lab.config  # noqa: F401  (registers the schema)
 from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import load_raw
+from mnist_lab.data import FILES, load_raw
 from mnist_lab.task import build_trainer
 from mnist_lab.validate import resolve_device
 
@@ -43,7 +46,12 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    load_raw(str(REPO_ROOT / "data/mnist"), str(REPO_ROOT / "data/mnist"))  # unpack once
+    root = REPO_ROOT / "data/mnist"
+    load_raw(str(root), str(root), False)  # checked once
+    raw = Path(tempfile.mkdtemp()) / "MNIST" / "raw"  # torchvision's own layout, as tutorials use
+    raw.mkdir(parents=True)
+    for name in FILES:
+        (raw / name).write_bytes(gzip.decompress((root / f"{name}.gz").read_bytes()))
     transform = transforms.Compose(
         [
             transforms.ToTensor(),
@@ -51,7 +59,7 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
             transforms.Lambda(lambda x: x.view(-1)),
         ]
     )
-    train = datasets.MNIST(str(REPO_ROOT / "data/mnist"), train=True, transform=transform)
+    train = datasets.MNIST(str(raw.parent.parent), train=True, transform=transform)
     loader = DataLoader(train, batch_size=32, shuffle=True)
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
     criterion = nn.CrossEntropyLoss()

@@ -1,11 +1,11 @@
 """Summarise run records: summary.csv, the comparison grid (grid.csv, summary.md) and PNGs.
 
-    python experiments/summarize.py [PATHS...] [--out DIR] [--by hidden,lr,batch_size,epochs]
-        [--metric test/acc] [--where EXPR] [--k 3] [--target 0.97] [--no-plots]
+    python experiments/summarize.py [PATHS...] [--out DIR] [--by hidden,lr] [--metric test/acc]
+        [--where EXPR] [--k 3] [--target 0.97] [--heatmap hidden,lr] [--no-plots]
 
 Defaults are those of the multirun-end callback: `hydra.callbacks.summarize` in conf/config.yaml.
-Bad input (a missing path, an unknown column, a bad --where) is one line on stderr, exit 2, and
-nothing written.
+Bad input (a missing path, an unknown column, a --where that is not a comparison or matches no
+run) is one line on stderr, exit 2, and nothing written.
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ def parse(argv: list[str] | None, defaults: dict) -> argparse.Namespace:
     parser.add_argument("paths", nargs="*", default=[root], help=f"folders to search ({root})")
     parser.add_argument("--out", default=root, help=f"folder for the files ({root})")
     parser.add_argument(
-        "--by", type=names, default=defaults["by"], help="grid rows, comma-separated"
+        "--by",
+        type=names,
+        default=names(defaults["by"]),
+        help="grid rows, comma-separated (default: the config keys that differ among the runs)",
     )
     parser.add_argument("--metric", default=defaults["metric"], help="a summary.csv column")
-    parser.add_argument("--where", help="pandas query, e.g. \"status == 'completed'\"")
+    parser.add_argument(
+        "--where", help="comparisons with and/or/not, e.g. \"optimizer == 'sgd' and seed < 2\""
+    )
     parser.add_argument("--k", type=int, default=defaults["k"], help="epochs in converged acc")
     parser.add_argument("--target", type=float, default=defaults["target"], help="target test acc")
     parser.add_argument("--heatmap", type=names, default=defaults["heatmap"], help="rows,columns")

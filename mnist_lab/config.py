@@ -49,6 +49,7 @@ class SchedulerName(str, Enum):
 class DataConfig:
     root: str = MISSING
     cache_dir: str = MISSING
+    download: bool = MISSING
     normalize: Normalize = MISSING
     val_size: int = MISSING
     split_seed: int = MISSING

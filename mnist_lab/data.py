@@ -4,6 +4,15 @@ Why not a DataLoader: MNIST is 47 MB of pixels. Holding it as one float tensor o
 device and slicing batches out of it with a seeded permutation removes worker processes, PIL
 conversions and per-sample transforms, which cost several times the training compute of a small MLP
 (see docs/PERFORMANCE.md).
+
+Provenance: the data a run uses is exactly what `data.root` holds. Every `.gz` there is hashed
+(SHA-256, checked against `SHA256SUMS` when the folder has one); its unpacked copy in
+`data.cache_dir` lives under that hash, so a changed file can never be served from an old copy.
+A file unpacked for the first time is fully decoded (gzip CRC) and checked (IDX header, 28x28
+images, 60,000/10,000 items, labels 0-9); so is every cached copy when it is read. The run's
+record carries the fingerprint (per-file SHA-256 and item counts, and a short combined id).
+Reading the IDX format is torchvision's (`read_image_file`, `read_label_file`); what is written by
+hand is only the checking and the content-keyed cache, which torchvision's MNIST class lacks.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import functools
 import gzip
 import hashlib
 import logging
-import shutil
+import os
+import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,24 +33,30 @@ from mnist_lab.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Uncompressed sizes of the official files: a truncated unpacked copy is re-made from the .gz.
-RAW_SIZES = {
-    "train-images-idx3-ubyte": 47040016,
-    "train-labels-idx1-ubyte": 60008,
-    "t10k-images-idx3-ubyte": 7840016,
-    "t10k-labels-idx1-ubyte": 10008,
+# The four official files (unpacked name: items in it) and where the training set ends.
+FILES = {
+    "train-images-idx3-ubyte": 60_000,
+    "train-labels-idx1-ubyte": 60_000,
+    "t10k-images-idx3-ubyte": 10_000,
+    "t10k-labels-idx1-ubyte": 10_000,
 }
+IMAGE_SHAPE = (28, 28)
+N_LABELS = 10
 MANIFEST = "SHA256SUMS"
+CACHE = Path("MNIST") / "sha256"  # below data.cache_dir: <sha256 of the .gz>/<unpacked name>
 NORMALIZATION = {"mnist": (0.1307, 0.3081), "half": (0.5, 0.5), "none": (0.0, 1.0)}
-TRAIN_SIZE = 60_000
+TRAIN_SIZE = FILES["train-images-idx3-ubyte"]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, a key of the caches below
+class RawMnist:
+    """uint8 images, int64 labels, and the fingerprint of the files they came from."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    fingerprint: dict
 
 
 def _read_manifest(root: Path) -> dict[str, str]:
@@ -47,64 +64,163 @@ def _read_manifest(root: Path) -> dict[str, str]:
     if not manifest.is_file():
         return {}
     entries = {}
-    for line in manifest.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split()
-            entries[name.lstrip("*")] = digest
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise DataError(f"{manifest}:{number}: expected '<sha256>  <file name>', got {line!r}")
+        entries[fields[1].lstrip("*")] = fields[0].lower()
     return entries
 
 
-def _unpack(root: Path, raw_dir: Path) -> None:
-    """Check each shipped .gz against the manifest and unpack it where torchvision looks."""
-    expected = _read_manifest(root)
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, size in RAW_SIZES.items():
-        gz = root / f"{name}.gz"
-        target = raw_dir / name
-        if f"{name}.gz" in expected and _sha256(gz) != expected[f"{name}.gz"]:
+def _download(root: Path, names: list[str]) -> None:
+    """Fetch missing .gz files into `root` from torchvision's MNIST mirrors (asked for only)."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import download_url
+
+    md5 = dict(MNIST.resources)
+    root.mkdir(parents=True, exist_ok=True)
+    for gz in names:
+        errors = []
+        for mirror in MNIST.mirrors:
+            try:
+                download_url(mirror + gz, str(root), gz, md5[gz])
+                break
+            except Exception as e:  # urllib, SSL, checksum: each mirror may fail its own way
+                errors.append(f"{mirror}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+        else:
             raise DataError(
-                f"{gz}: checksum mismatch with {root / MANIFEST} (corrupt or truncated); "
-                f"restore it (git checkout -- {gz.name}) or delete the .gz files to download them"
+                f"{root / gz}: missing and could not be downloaded ({'; '.join(errors)}); "
+                f"copy the four MNIST .gz files into {root}"
             )
-        if target.is_file() and target.stat().st_size == size:
-            continue
-        tmp = target.with_suffix(".part")
+
+
+def _locate(root: Path, download: bool) -> list[Path]:
+    """The four .gz files in `root`, downloading missing ones only when asked to."""
+    wanted = [root / f"{name}.gz" for name in FILES]
+    missing = [path.name for path in wanted if not path.is_file()]
+    if missing and download:
+        _download(root, missing)
+    elif not root.is_dir():
+        raise DataError(
+            f"data.root={root}: no such folder; point it at a folder with the four MNIST .gz "
+            f"files (or add data.download=true to fetch them)"
+        )
+    elif missing:
+        raise DataError(
+            f"{root / missing[0]}: missing ({len(missing)} of the 4 MNIST .gz files are); "
+            f"copy them into {root} (or add data.download=true to fetch them)"
+        )
+    return wanted
+
+
+def _parse(path: Path, name: str) -> torch.Tensor:
+    """One unpacked IDX file read by torchvision and checked against what MNIST must be."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    items = FILES[name]
+    try:
+        if "images" in name:
+            tensor = read_image_file(str(path))
+            ok = tuple(tensor.shape) == (items, *IMAGE_SHAPE)
+            what = f"{items} images of 28x28"
+        else:
+            tensor = read_label_file(str(path))
+            ok = (
+                tuple(tensor.shape) == (items,)
+                and 0 <= int(tensor.min()) <= int(tensor.max()) < N_LABELS
+            )
+            what = f"{items} labels in 0-{N_LABELS - 1}"
+    except Exception as e:  # torchvision asserts/raises on a bad magic number, type or size
+        raise ValueError(f"not an IDX file of the expected type ({type(e).__name__}: {e})") from e
+    if not ok:
+        raise ValueError(f"holds shape {tuple(tensor.shape)}; MNIST's has {what}")
+    return tensor
+
+
+def _unpacked(gz: Path, blob: bytes, digest: str, cache_dir: Path) -> torch.Tensor:
+    """The file's tensor from its cached unpacked copy (keyed on its SHA-256), made if needed."""
+    name = gz.name.removesuffix(".gz")
+    folder = cache_dir / CACHE / digest
+    cached = folder / name
+    if cached.is_file():
         try:
-            with gzip.open(gz, "rb") as src, tmp.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"{gz}: cannot be unpacked ({e}); replace the file") from e
-        if tmp.stat().st_size != size:
-            tmp.unlink()
-            raise DataError(f"{gz}: unpacks to the wrong size (expected {size} bytes); replace it")
-        tmp.replace(target)
+            return _parse(cached, name)
+        except ValueError as e:
+            log.warning("remaking the damaged unpacked copy %s (%s)", cached, e)
+    try:
+        raw = gzip.decompress(blob)  # checks the CRC and length of every member
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{gz}: not a valid gzip file ({e}); replace it") from None
+    tmp = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex}.part"  # one per writer
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tmp.open("xb") as f:  # "x": the umask's file mode, never someone else's file
+            f.write(raw)
+        tensor = _parse(tmp, name)
+        os.replace(tmp, cached)  # atomic: a racing process sees the old copy or the whole new one
+    except OSError as e:
+        raise DataError(
+            f"data.cache_dir={cache_dir}: cannot unpack {gz.name} there ({e}); "
+            f"point data.cache_dir at a writable folder"
+        ) from None
+    except ValueError as e:
+        raise DataError(f"{gz}: {e}; replace it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return tensor
+
+
+def _stamp(root: Path) -> tuple:
+    """What the files look like to `stat`: a changed, replaced or touched file changes it."""
+    stamps = []
+    for name in FILES:
+        try:
+            st = (root / f"{name}.gz").stat()
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def load_raw(root: str, cache_dir: str, download: bool) -> RawMnist:
+    """The training and test sets exactly as the four .gz files in `root` hold them, checked.
+
+    Cached per process while the files are unchanged (same mtime, size, inode): every job of a
+    multirun reuses the tensors; hashing and reading cost about 0.1 s once (docs/PERFORMANCE.md).
+    """
+    return _read(root, cache_dir, download, _stamp(Path(root)))
 
 
 @functools.lru_cache(maxsize=2)
-def load_raw(root: str, cache_dir: str) -> tuple[torch.Tensor, ...]:
-    """uint8 images and int64 labels of the training and test sets, read by torchvision.
-
-    Shipped files in `root` are checked and unpacked into `cache_dir/MNIST/raw`; if `root` has no
-    .gz files, torchvision downloads them there (needs internet).
-    """
-    from torchvision.datasets import MNIST
-
-    root_path, cache = Path(root), Path(cache_dir)
-    shipped = all((root_path / f"{name}.gz").is_file() for name in RAW_SIZES)
-    if shipped:
-        _unpack(root_path, cache / "MNIST" / "raw")
-    else:
-        log.info("no MNIST .gz files in %s: torchvision downloads them into %s", root, cache)
-    try:
-        train = MNIST(str(cache), train=True, download=not shipped)
-        test = MNIST(str(cache), train=False, download=not shipped)
-    except (RuntimeError, OSError) as e:
-        raise DataError(
-            f"MNIST could not be read or downloaded into {cache}: {e}; "
-            f"point data.root at a folder with the four IDX .gz files"
-        ) from e
-    return train.data, train.targets, test.data, test.targets
+def _read(root: str, cache_dir: str, download: bool, stamp: tuple) -> RawMnist:
+    root_path = Path(root)
+    expected = _read_manifest(root_path) if root_path.is_dir() else {}
+    tensors, files = {}, []
+    for gz in _locate(root_path, download):
+        try:
+            blob = gz.read_bytes()
+        except OSError as e:
+            raise DataError(f"{gz}: cannot be read ({e.strerror or e})") from None
+        digest = hashlib.sha256(blob).hexdigest()
+        if gz.name in expected and digest != expected[gz.name]:
+            raise DataError(
+                f"{gz}: checksum mismatch with {root_path / MANIFEST} (corrupt or truncated); "
+                f"restore it (git checkout -- {gz.name}) or replace the file"
+            )
+        name = gz.name.removesuffix(".gz")
+        tensors[name] = _unpacked(gz, blob, digest, Path(cache_dir))
+        files.append({"name": gz.name, "sha256": digest, "items": FILES[name]})
+    combined = "".join(f"{f['sha256']}  {f['name']}\n" for f in files)
+    fingerprint = {"id": hashlib.sha256(combined.encode()).hexdigest()[:12], "files": files}
+    return RawMnist(
+        train_x=tensors["train-images-idx3-ubyte"],
+        train_y=tensors["train-labels-idx1-ubyte"],
+        test_x=tensors["t10k-images-idx3-ubyte"],
+        test_y=tensors["t10k-labels-idx1-ubyte"],
+        fingerprint=fingerprint,
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +234,7 @@ class MnistTensors:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    fingerprint: dict  # of the files read (RawMnist.fingerprint): the record carries it
 
     @property
     def n_train(self) -> int:
@@ -125,15 +242,20 @@ class MnistTensors:
 
 
 @functools.lru_cache(maxsize=4)
-def _normalised(root: str, cache_dir: str, normalize: str, device: str):
-    train_x, train_y, test_x, test_y = load_raw(root, cache_dir)
+def _normalised(raw: RawMnist, normalize: str, device: str):
     mean, std = NORMALIZATION[normalize]
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).reshape(len(x), -1).float().div_(255.0)
         return x.sub_(mean).div_(std)
 
-    return prepare(train_x), train_y.to(device), prepare(test_x), test_y.to(device)
+    return (
+        prepare(raw.train_x),
+        raw.train_y.to(device),
+        prepare(raw.test_x),
+        raw.test_y.to(device),
+        raw.fingerprint,
+    )
 
 
 def split_indices(val_size: int, split_seed: int, train_subset: int | None):
@@ -148,8 +270,7 @@ def split_indices(val_size: int, split_seed: int, train_subset: int | None):
 def load_mnist(data_cfg, device: torch.device) -> MnistTensors:
     """The dataset for one run; cached, so every later job of the process reuses it."""
     return _load_mnist(
-        data_cfg.root,
-        data_cfg.cache_dir,
+        load_raw(data_cfg.root, data_cfg.cache_dir, data_cfg.download),
         str(data_cfg.normalize.value),
         data_cfg.val_size,
         data_cfg.split_seed,
@@ -159,8 +280,8 @@ def load_mnist(data_cfg, device: torch.device) -> MnistTensors:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_mnist(root, cache_dir, normalize, val_size, split_seed, train_subset, device):
-    train_x, train_y, test_x, test_y = _normalised(root, cache_dir, normalize, device)
+def _load_mnist(raw, normalize, val_size, split_seed, train_subset, device):
+    train_x, train_y, test_x, test_y, fingerprint = _normalised(raw, normalize, device)
     train_idx, val_idx = split_indices(val_size, split_seed, train_subset)
     train_idx, val_idx = train_idx.to(device), val_idx.to(device)
     return MnistTensors(
@@ -171,4 +292,5 @@ def _load_mnist(root, cache_dir, normalize, val_size, split_seed, train_subset, 
         val_y=train_y[val_idx],
         test_x=test_x,
         test_y=test_y,
+        fingerprint=fingerprint,
     )

@@ -3,6 +3,11 @@
 Every write goes to a temp file in the same directory and is then renamed over the target, so a
 crash or a reader racing the writer never sees half a file. The record is rewritten after every
 epoch, so a run killed mid-way still leaves everything it measured.
+
+A record names its writer (host, pid and the process's start time) and when it was last saved
+(`updated_at`). A process killed outright (`kill -9`, out of memory) cannot mark its record, so
+`read_record` does: a `running` record whose writer is gone is read as `killed` (on the writer's
+host: its pid no longer runs, or runs another process; on other hosts: no save for STALE_AFTER).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +43,9 @@ EVAL_KEYS = METRICS_COLUMNS[3:7]  # what an evaluation measures: val/test loss a
 # 2: `config.model` holds the chosen model's own keys and its `_target_` (no `name`); `choices`
 # names the option picked in each config group (`choices.model`: mlp, scratch, resmlp, ...).
 SCHEMA_VERSION = 2
+# A running record from another host is taken for dead after this long without a save: an epoch
+# of the models here takes seconds to minutes, so an hour of silence is a lost machine.
+STALE_AFTER_SECONDS = 3600
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +87,64 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def writer() -> dict:
+    """The current process as a record's writer."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid)}
+
+
+def _alive(who: dict) -> bool:
+    """Whether the writer process (on this host) still runs."""
+    pid = who.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # nothing to check against: do not guess
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # runs, under another user
+    started = who.get("process_start")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _stale(updated_at) -> bool:
+    try:
+        updated = datetime.fromisoformat(updated_at)
+    except (TypeError, ValueError):
+        return False
+    return (datetime.now(timezone.utc) - updated).total_seconds() > STALE_AFTER_SECONDS
+
+
+def live_status(record: dict) -> dict:
+    """The record, with `running` read as `killed` once its writer is gone (see the docstring)."""
+    who = record.get("writer")
+    if record.get("status") != "running" or not isinstance(who, dict):
+        return record
+    if who.get("host") == socket.gethostname():
+        if _alive(who):
+            return record
+        why = f"its process (pid {who.get('pid')}) ended without finishing the record"
+    elif _stale(record.get("updated_at")):
+        why = f"no update from {who.get('host')} since {record.get('updated_at')}"
+    else:
+        return record
+    return {**record, "status": "killed", "reason": why}
+
+
 def read_record(path: Path, warn: bool = True) -> dict | None:
     """A `result.json` (or the run folder holding one) as a dict; None when it is missing,
-    unreadable or half-written (with one warning naming it, unless `warn` is false)."""
+    unreadable or half-written (with one warning naming it, unless `warn` is false).
+    A `running` record whose writer is gone reads as `killed` (`live_status`)."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULT_FILE
@@ -94,7 +158,7 @@ def read_record(path: Path, warn: bool = True) -> dict | None:
         if warn:
             log.warning("skipping record %s (not a JSON object)", path)
         return None
-    return data
+    return live_status(data)
 
 
 class RunRecord:
@@ -107,6 +171,7 @@ class RunRecord:
         self.facts = {"schema_version": SCHEMA_VERSION, "status": "running", "reason": None}
         self.facts.update(facts)
         self.facts["started_at"] = _now()
+        self.facts["writer"] = writer()
 
     def add_epoch(self, epoch: int, row: dict) -> None:
         self.rows.append(row)
@@ -137,7 +202,7 @@ class RunRecord:
             {k: ("" if _clean(v) is None else v) for k, v in r.items()} for r in self.rows
         )
         atomic_write_text(self.run_dir / METRICS_FILE, buffer.getvalue())
-        result = {**self.facts, **self.summary()}
+        result = {**self.facts, **self.summary(), "updated_at": _now()}
         atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(_clean(result), indent=2) + "\n")
 
     def finish(self, status: str, reason: str | None = None, **facts) -> None:

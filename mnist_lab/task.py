@@ -25,6 +25,7 @@ from torch import nn
 from mnist_lab import trial_reporting
 from mnist_lab.data import load_mnist
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
@@ -144,6 +145,7 @@ def build_trainer(cfg: DictConfig, multirun: bool = False) -> Trainer:
 
 def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
+    check_knobs(cfg, record.facts.get("overrides", []))
     trainer = build_trainer(cfg, multirun)
     model, data = trainer.learner.model, trainer.data
     record.facts.update(model_facts(model, data))
@@ -160,7 +162,7 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = parse_switch("trainer.save_figures", cfg.trainer.save_figures)
     if figures is True or (figures == "auto" and not multirun):
-        from mnist_lab.figures import save_figures
+        from mnist_lab.run_figures import save_figures
 
         save_figures(model, data, record.run_dir)
     return record.summary()["final"]["val/acc"]
@@ -204,6 +206,7 @@ def model_facts(model, data) -> dict:
         "device_name": _device_name(device),
         "n_train": data.n_train,
         "n_val": len(data.val_y),
+        "data": data.fingerprint,  # what the run read: per-file SHA-256 and counts, and an id
     }
 
 
@@ -224,7 +227,9 @@ def run_task(cfg: DictConfig) -> float:
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
         status = "pruned" if _is_pruned(e) else "failed"
-        record.finish(status, reason, wall_seconds=time.perf_counter() - started)
+        # Bad input found before epoch 0: `refused`, never a result; the results tables skip it.
+        refused = isinstance(e, LabError) and not record.rows
+        record.finish(status, reason, wall_seconds=time.perf_counter() - started, refused=refused)
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log

@@ -12,13 +12,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from mnist_lab.config import REPO_ROOT
 
 CHECKED = ("mnist_lab", "hydra_plugins", "experiments", "benchmarks")
-# The summary and its plots import each other; the reports part of issue 10 untangles them.
-KNOWN_CYCLES_UNTIL_REPORTS_ISSUE_10 = {("plots", "summary")}
 
 
 def sources() -> dict[str, ast.Module]:
@@ -126,12 +122,7 @@ def test_the_checks_see_the_code():
 
 
 def test_no_import_cycle_in_mnist_lab():
-    assert cycles(core_graph()) - KNOWN_CYCLES_UNTIL_REPORTS_ISSUE_10 == set()
-
-
-@pytest.mark.parametrize("loop", sorted(KNOWN_CYCLES_UNTIL_REPORTS_ISSUE_10))
-def test_known_cycles_are_still_there(loop):
-    assert loop in cycles(core_graph())
+    assert cycles(core_graph()) == set()
 
 
 def test_no_private_names_across_modules_and_no_core_to_plugin_imports():

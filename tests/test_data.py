@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
 import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torchvision.datasets
 
 from mnist_lab import data as mnist_data
 from mnist_lab.config import REPO_ROOT, Normalize
-from mnist_lab.data import RAW_SIZES, TRAIN_SIZE, load_mnist, load_raw, split_indices
+from mnist_lab.data import CACHE, FILES, TRAIN_SIZE, load_mnist, load_raw, split_indices
 from mnist_lab.errors import DataError
 
 SHIPPED = REPO_ROOT / "data" / "mnist"
@@ -26,6 +28,7 @@ def data_cfg(**changes):
     values = dict(
         root=str(SHIPPED),
         cache_dir=str(SHIPPED),
+        download=False,
         normalize=Normalize.mnist,
         val_size=5000,
         split_seed=0,
@@ -42,7 +45,7 @@ def mnist_copy(tmp_path):
     """A private copy of the shipped files (and manifest), safe to damage."""
     root = tmp_path / "mnist"
     root.mkdir()
-    for name in [*(f"{n}.gz" for n in RAW_SIZES), "SHA256SUMS"]:
+    for name in [*(f"{n}.gz" for n in FILES), "SHA256SUMS"]:
         shutil.copy(SHIPPED / name, root / name)
         (root / name).chmod(0o644)
     return root
@@ -50,13 +53,14 @@ def mnist_copy(tmp_path):
 
 def test_shipped_files_and_manifest():
     manifest = (SHIPPED / "SHA256SUMS").read_text()
-    for name in RAW_SIZES:
+    for name in FILES:
         assert (SHIPPED / f"{name}.gz").is_file()
         assert f"{name}.gz" in manifest
 
 
 def test_raw_shapes_dtypes_and_label_counts():
-    train_x, train_y, test_x, test_y = load_raw(str(SHIPPED), str(SHIPPED))
+    raw = load_raw(str(SHIPPED), str(SHIPPED), False)
+    train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
     assert train_x.shape == (60000, 28, 28) and train_x.dtype == torch.uint8
     assert test_x.shape == (10000, 28, 28) and test_x.dtype == torch.uint8
     assert train_y.shape == (60000,) and test_y.shape == (10000,)
@@ -156,17 +160,17 @@ def test_checksum_mismatch_names_the_file(mnist_copy, tmp_path):
     blob[len(blob) // 2] ^= 0xFF
     victim.write_bytes(bytes(blob))
     with pytest.raises(DataError) as info:
-        load_raw(str(mnist_copy), str(tmp_path / "cache"))
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
     assert_one_line_naming(info.value, victim)
     assert "checksum" in str(info.value)
-    assert not (tmp_path / "cache" / "MNIST" / "raw" / "train-labels-idx1-ubyte").exists()
+    assert not list((tmp_path / "cache").rglob("train-labels-idx1-ubyte"))
 
 
 def test_truncated_file_names_the_file(mnist_copy, tmp_path):
     victim = mnist_copy / "t10k-images-idx3-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.raises(DataError) as info:
-        load_raw(str(mnist_copy), str(tmp_path / "cache"))
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
     assert_one_line_naming(info.value, victim)
 
 
@@ -175,10 +179,9 @@ def test_truncated_file_without_manifest_names_the_file(mnist_copy, tmp_path):
     victim = mnist_copy / "train-labels-idx1-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:5000])
     with pytest.raises(DataError) as info:
-        load_raw(str(mnist_copy), str(tmp_path / "cache"))
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
     assert_one_line_naming(info.value, victim)
-    raw = tmp_path / "cache" / "MNIST" / "raw"
-    assert not list(raw.glob("*.part"))  # the half-unpacked file was removed
+    assert not list((tmp_path / "cache").rglob("*.part"))  # the half-unpacked file was removed
 
 
 def test_wrong_content_of_right_format_is_refused_without_manifest(mnist_copy, tmp_path):
@@ -187,61 +190,148 @@ def test_wrong_content_of_right_format_is_refused_without_manifest(mnist_copy, t
     with gzip.open(victim, "wb") as f:
         f.write(b"\0" * 100)
     with pytest.raises(DataError) as info:
-        load_raw(str(mnist_copy), str(tmp_path / "cache"))
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
     assert_one_line_naming(info.value, victim)
 
 
-def test_truncated_unpacked_copy_is_remade(mnist_copy, tmp_path):
-    cache = tmp_path / "cache"
-    raw = cache / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    with gzip.open(mnist_copy / "t10k-labels-idx1-ubyte.gz", "rb") as f:
-        (raw / "t10k-labels-idx1-ubyte").write_bytes(f.read()[:100])
-    *_, test_y = load_raw(str(mnist_copy), str(cache))
-    assert torch.bincount(test_y, minlength=10).tolist() == TEST_COUNTS
-    assert (raw / "t10k-labels-idx1-ubyte").stat().st_size == RAW_SIZES["t10k-labels-idx1-ubyte"]
-
-
-class FakeMNIST:
-    """Stands in for torchvision's MNIST: records the call and fails as if offline."""
-
-    calls: list = []
-
-    def __init__(self, root, train=True, download=False, **kwargs):
-        FakeMNIST.calls.append((root, train, download))
-        raise RuntimeError("simulated: no internet")
-
-
-def test_missing_files_fall_back_to_torchvision_download(tmp_path, monkeypatch):
-    FakeMNIST.calls = []
-    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
-    empty, cache = tmp_path / "empty", tmp_path / "cache"
-    empty.mkdir()
+def test_bit_flip_without_manifest_fails_the_gzip_check(mnist_copy, tmp_path):
+    (mnist_copy / "SHA256SUMS").unlink()
+    victim = mnist_copy / "train-images-idx3-ubyte.gz"
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # deflate may still decode it: the CRC must catch it
+    victim.write_bytes(bytes(blob))
     with pytest.raises(DataError) as info:
-        load_raw(str(empty), str(cache))
-    assert FakeMNIST.calls and FakeMNIST.calls[0] == (str(cache), True, True)
-    message = str(info.value)
-    assert "\n" not in message and "download" in message and str(cache) in message
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
+    assert_one_line_naming(info.value, victim)
 
 
-def test_partial_files_fall_back_to_download(mnist_copy, tmp_path, monkeypatch):
-    FakeMNIST.calls = []
-    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
-    (mnist_copy / "t10k-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(DataError):
-        load_raw(str(mnist_copy), str(tmp_path / "cache"))
-    assert FakeMNIST.calls[0][2] is True
+def test_wrong_counts_or_labels_are_refused(mnist_copy, tmp_path):
+    """Valid gzip and IDX, but not MNIST's shape: too few items, a label outside 0-9."""
+    (mnist_copy / "SHA256SUMS").unlink()
+    victim = mnist_copy / "t10k-labels-idx1-ubyte.gz"
+    header = (2049).to_bytes(4, "big")
+    victim.write_bytes(gzip.compress(header + (9999).to_bytes(4, "big") + bytes(9999), mtime=0))
+    with pytest.raises(DataError, match="10000 labels") as info:
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
+    assert_one_line_naming(info.value, victim)
+    victim.write_bytes(gzip.compress(header + (10000).to_bytes(4, "big") + bytes([10]) * 10000))
+    with pytest.raises(DataError, match="0-9"):
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
 
 
-def test_shipped_files_never_download(mnist_copy, tmp_path, monkeypatch):
-    """With the files present, torchvision is asked to read them, never to download."""
+def zero_test_labels(root) -> str:
+    """Replace the test labels by zeros (no manifest); returns the new file's SHA-256."""
+    (root / "SHA256SUMS").unlink()
+    header = (2049).to_bytes(4, "big") + (10000).to_bytes(4, "big")
+    blob = gzip.compress(header + bytes(10000), mtime=0)  # mtime 0: the same bytes every time
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def test_cache_is_keyed_on_content_not_on_size(mnist_copy, tmp_path):
+    """A changed file in data.root is read even when the cache holds the old one (same size)."""
+    cache = str(tmp_path / "cache")
+    shipped = load_raw(str(mnist_copy), cache, False)
+    digest = zero_test_labels(mnist_copy)
+    changed = load_raw(str(mnist_copy), cache, False)
+    assert int(changed.test_y.abs().sum()) == 0 and int(shipped.test_y.abs().sum()) > 0
+    assert changed.fingerprint["id"] != shipped.fingerprint["id"]
+    labels = {f["name"]: f for f in changed.fingerprint["files"]}["t10k-labels-idx1-ubyte.gz"]
+    assert labels == {"name": "t10k-labels-idx1-ubyte.gz", "sha256": digest, "items": 10000}
+    assert (tmp_path / "cache" / CACHE / digest / "t10k-labels-idx1-ubyte").is_file()
+
+
+def test_fingerprint_of_the_shipped_files_matches_the_manifest():
+    fingerprint = load_raw(str(SHIPPED), str(SHIPPED), False).fingerprint
+    manifest = dict(
+        reversed(line.split()) for line in (SHIPPED / "SHA256SUMS").read_text().splitlines()
+    )
+    assert {f["name"]: f["sha256"] for f in fingerprint["files"]} == manifest
+    assert [f["items"] for f in fingerprint["files"]] == [60000, 60000, 10000, 10000]
+    assert len(fingerprint["id"]) == 12
+
+
+def test_damaged_cached_copy_is_remade(mnist_copy, tmp_path):
+    cache = tmp_path / "cache"
+    load_raw(str(mnist_copy), str(cache), False)
+    (copy,) = cache.rglob("t10k-labels-idx1-ubyte")
+    copy.write_bytes(copy.read_bytes()[:100])
+    os.utime(mnist_copy / "t10k-labels-idx1-ubyte.gz")  # a touched file is read again
+    test_y = load_raw(str(mnist_copy), str(cache), False).test_y
+    assert torch.bincount(test_y, minlength=10).tolist() == TEST_COUNTS
+    assert copy.stat().st_size == 8 + 10000
+
+
+def test_missing_folder_or_file_is_one_line_naming_it(mnist_copy, tmp_path, monkeypatch):
     calls = []
-    real = torchvision.datasets.MNIST
+    monkeypatch.setattr(mnist_data, "_download", lambda *a: calls.append(a))
+    with pytest.raises(DataError) as info:
+        load_raw(str(tmp_path / "nowhere"), str(tmp_path / "cache"), False)
+    assert_one_line_naming(info.value, tmp_path / "nowhere")
+    assert "data.download=true" in str(info.value)
+    victim = mnist_copy / "t10k-images-idx3-ubyte.gz"
+    victim.unlink()
+    with pytest.raises(DataError) as info:
+        load_raw(str(mnist_copy), str(tmp_path / "cache"), False)
+    assert_one_line_naming(info.value, victim)
+    assert calls == []  # never downloads unless asked
 
-    def spy(root, train=True, download=False, **kwargs):
-        calls.append(download)
-        return real(root, train=train, download=download, **kwargs)
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", spy)
-    mnist_data.load_raw(str(mnist_copy), str(tmp_path / "cache"))
-    assert calls == [False, False]
+def test_download_only_when_asked_and_offline_is_one_line(tmp_path, monkeypatch):
+    """data.download=true fetches the missing files into data.root; no network: one line."""
+    import torchvision.datasets.utils
+
+    fetched = []
+
+    def offline(url, root, filename, md5):
+        fetched.append(filename)
+        raise OSError("simulated: no network")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
+    root = tmp_path / "fresh"
+    with pytest.raises(DataError) as info:
+        load_raw(str(root), str(tmp_path / "cache"), True)
+    assert "\n" not in str(info.value) and "no network" in str(info.value)
+    assert str(root / "train-images-idx3-ubyte.gz") in str(info.value)
+    assert fetched == ["train-images-idx3-ubyte.gz"] * 2  # both mirrors tried, then stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the real CLI with default settings (the default data.cache_dir included)
+
+
+def test_cli_trains_on_the_data_root_it_is_given(mnist_copy, run_cli):
+    """Zeroed test labels in another folder: chance-level test accuracy on the first try, with
+    the default cache (which holds the shipped labels, the same size), and their fingerprint."""
+    digest = zero_test_labels(mnist_copy)
+    proc = run_cli(
+        [f"data.root={mnist_copy}", "epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
+    )
+    assert proc.returncode == 0, proc.output
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["final"]["test/acc"] < 0.2 < record["final"]["val/acc"]
+    files = {f["name"]: f["sha256"] for f in record["data"]["files"]}
+    assert files["t10k-labels-idx1-ubyte.gz"] == digest
+    shipped = load_raw(str(SHIPPED), str(SHIPPED), False).fingerprint["id"]
+    assert record["data"]["id"] != shipped
+
+
+@pytest.mark.parametrize("damage", ["missing folder", "bit flip", "truncated"])
+def test_cli_bad_data_is_one_line_exit_2(mnist_copy, run_cli, damage):
+    (mnist_copy / "SHA256SUMS").unlink()
+    victim = mnist_copy / "train-images-idx3-ubyte.gz"
+    root = mnist_copy
+    if damage == "missing folder":
+        root, victim = mnist_copy / "nonexistent", mnist_copy / "nonexistent"
+    elif damage == "bit flip":
+        blob = bytearray(victim.read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        victim.write_bytes(bytes(blob))
+    else:
+        victim.write_bytes(victim.read_bytes()[:100_000])
+    proc = run_cli([f"data.root={root}", "epochs=1", "trainer.device=cpu"])
+    assert proc.returncode == 2, proc.output
+    errors = [line for line in proc.output.splitlines() if str(victim) in line]
+    assert len(errors) == 1 and "Traceback" not in proc.output
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["refused"]  # bad input: never a result

@@ -12,8 +12,10 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra.utils
@@ -32,9 +34,10 @@ from mnist_lab.summary import SummaryError, summarize
 SUMMARIZE_PY = REPO_ROOT / "experiments" / "summarize.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("learning_curves.png", "heatmap_hidden_lr.png", "accuracy_vs_time.png")
-OUTPUTS = ("summary.csv", "grid.csv", "summary.md", *PLOTS)
+TABLES = ("summary.csv", "grid.csv", "summary.md")
+OUTPUTS = (*TABLES, *PLOTS)
 SETTINGS = {
-    "by": ["hidden", "lr", "batch_size", "epochs"],
+    "by": None,
     "metric": "test/acc",
     "k": 3,
     "target": 0.97,
@@ -58,12 +61,17 @@ def write_run(
     num: int | None = None,
     trial: dict | None = None,
     reason: str | None = None,
+    val_acc: list | None = None,
+    optimizer: str = "SGD",
+    data_id: str = "eee3ce93c2df",
 ) -> dict:
     """A run record as mnist_lab.task writes it: metrics.csv rows for epochs 0.. and result.json.
 
     `test_acc` holds the test accuracy of epochs 1..n (None: not measured, e.g. after divergence);
     epoch 0 is the untrained model at 0.1. An empty list writes no metrics.csv (failed early).
+    Validation accuracy is test - 0.01 unless `val_acc` gives it.
     """
+    vals = [0.09, *(val_acc or [None if a is None else a - 0.01 for a in test_acc])]
     run_dir.mkdir(parents=True)
     accs = [0.1, *test_acc]
     rows = [
@@ -72,13 +80,13 @@ def write_run(
             "train/loss": None if epoch == 0 or acc is None else 1 - acc + 0.05,
             "train/acc": None if epoch == 0 or acc is None else acc + 0.01,
             "val/loss": None if acc is None else 1 - acc + 0.02,
-            "val/acc": None if acc is None else acc - 0.01,
+            "val/acc": val,
             "test/loss": None if acc is None else 1 - acc,
             "test/acc": acc,
             "lr": None if epoch == 0 else lr,
             "seconds": 0.0 if epoch == 0 else 0.5,
         }
-        for epoch, acc in enumerate(accs)
+        for epoch, (acc, val) in enumerate(zip(accs, vals, strict=True))
     ]
     if test_acc:
         pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(run_dir / "metrics.csv", index=False)
@@ -100,7 +108,7 @@ def write_run(
         "config": {
             "data": {"normalize": "mnist", "batch_size": 32, "train_subset": None},
             "model": {"name": "mlp", "hidden_sizes": [hidden], "activation": "relu"},
-            "optimizer": {"_target_": "torch.optim.SGD", "lr": lr, "momentum": 0.0},
+            "optimizer": {"_target_": f"torch.optim.{optimizer}", "lr": lr, "momentum": 0.0},
             "trainer": {"epochs": 3, "seed": seed},
             "hidden": hidden,
             "lr": lr,
@@ -109,6 +117,7 @@ def write_run(
             "seed": seed,
             "preset": None,
         },
+        "data": {"id": data_id, "files": []},
         "epochs_run": len(test_acc),
         "initial": {"val/loss": 2.3, "val/acc": 0.1, "test/loss": 2.3, "test/acc": 0.1},
         "final": final,
@@ -200,7 +209,8 @@ def lab(tmp_path) -> Path:
 
 
 def run(paths, out, **overrides):
-    return summarize(paths, out, **{**SETTINGS, **overrides})
+    """summarize() with the configured settings; plots only where a test asks (they are slow)."""
+    return summarize(paths, out, **{**SETTINGS, "plots": False, **overrides})
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -249,7 +259,7 @@ def test_summary_has_one_row_per_readable_record(lab, tmp_path, caplog):
     assert runs["lr"].tolist() == [0.1, 0.1, 0.1, 0.5, 0.05, 0.1, 0.001, 0.01]
     assert runs["seed"].tolist() == [0, 1, 0, 0, 0, 0, 0, 0]
     assert runs["batch_size"].tolist() == [32] * 7 + [64]
-    assert set(runs["optimizer"]) == {"SGD"}
+    assert set(runs["optimizer"]) == {"sgd"}  # as typed: optimizer=sgd
     assert (
         runs["sweep"].tolist()[:7]
         == [str(lab / "multiruns" / "A")] * 5 + [str(lab / "multiruns" / "B")] * 2
@@ -292,42 +302,116 @@ def test_old_record_with_missing_keys_is_read(lab, tmp_path):
 
 
 def test_grid_is_mean_std_count_over_completed_runs(lab, tmp_path):
+    """One grid per section (study, sweep, single runs), keyed by what differs in it."""
     run([lab], tmp_path / "out")
     grid = read_csv(tmp_path / "out" / "grid.csv")
     assert list(grid.columns) == [
+        "section",
         "hidden",
         "lr",
         "batch_size",
         "epochs",
+        "final.val/acc % mean",
+        "final.val/acc % std",
         "final.test/acc % mean",
         "final.test/acc % std",
         "n",
+        "duplicates",
         "best",
     ]
+    assert grid["section"].tolist() == [
+        "study s",
+        "sweep multiruns/A",
+        "sweep multiruns/A",
+        "single runs",
+    ]
     assert grid[["hidden", "lr", "batch_size", "epochs"]].values.tolist() == [
+        [32, 0.1, 32, 3],
         [16, 0.1, 32, 3],
         [32, 0.1, 32, 3],
         [128, 0.01, 64, 3],
     ]
-    assert grid["final.test/acc % mean"].tolist() == pytest.approx([95.0, 97.75, 90.0])
-    assert grid["final.test/acc % std"].tolist()[:2] == pytest.approx(
-        [math.sqrt(2), math.sqrt(2) / 4]
-    )
+    assert grid["final.test/acc % mean"].tolist() == pytest.approx([98.0, 95.0, 97.5, 90.0])
+    assert grid["final.val/acc % mean"].tolist()[:3] == pytest.approx([97.0, 94.0, 96.5])
+    assert grid["final.test/acc % std"][1] == pytest.approx(math.sqrt(2))
     assert math.isnan(grid["final.test/acc % std"][2])  # one run: no spread
-    assert grid["n"].tolist() == [2, 2, 1]
-    assert grid["best"].fillna("").tolist() == ["", summary.BEST_MARK, ""]
+    assert grid["n"].tolist() == [1, 2, 1, 1]
+    assert grid["duplicates"].tolist() == [0, 0, 0, 0]
+    # a best row per section; none where no validation accuracy was measured (the old record)
+    assert grid["best"].fillna("").tolist() == [summary.BEST_MARK, "", summary.BEST_MARK, ""]
 
 
 def test_markdown_grid_reads_like_the_lab_table(lab, tmp_path):
     result = run([lab], tmp_path / "out")
     text = (tmp_path / "out" / "summary.md").read_text()
     assert text == result.markdown
-    rows = [line for line in text.splitlines() if line.startswith("|")]
-    assert len(rows) == 2 + 3  # header, rule, one line per grid row
-    assert "hidden" in rows[0] and "final.test/acc % (mean ± std)" in rows[0]
-    assert "95.00 ± 1.41" in rows[2] and "97.75 ± 0.35" in rows[3] and "★" in rows[3]
-    assert "| 90.00 " in rows[4] or " 90.00 |" in rows[4]
+    sweep = text.split("## sweep multiruns/A")[1].split("##")[0]
+    rows = [line for line in sweep.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 2  # header, rule, one line per hidden size
+    assert "| hidden " in rows[0] and "final.test/acc %" in rows[0] and "lr" not in rows[0]
+    assert "94.00 ± 1.41" in rows[2] and "95.00 ± 1.41" in rows[2] and "| 2 " in rows[2]
+    assert "97.50" in rows[3] and "★" in rows[3]
+    assert "Same in every completed run: lr=0.1, batch_size=32, epochs=3, optimizer=sgd" in sweep
+    assert "Runs: 3 completed, 1 diverged, 1 failed." in sweep
     assert "Runs: 5 completed, 1 diverged, 1 failed, 1 pruned." in text
+    assert text.index("## study s") < text.index("## sweep") < text.index("## single runs")
+
+
+def test_best_is_chosen_on_validation_never_on_test(tmp_path):
+    sweep = tmp_path / "s"
+    write_run(sweep / "0", [0.95], hidden=16, val_acc=[0.97], sweep_dir=sweep, num=0)
+    write_run(sweep / "1", [0.99], hidden=32, val_acc=[0.90], sweep_dir=sweep, num=1)
+    grid = run([sweep], tmp_path / "out").grid
+    assert grid["hidden"].tolist() == [16, 32]
+    assert grid["best"].tolist() == [summary.BEST_MARK, ""]  # val 97 beats val 90; test ignored
+    # whatever the reported metric, the best stays the validation pick
+    loss = run([sweep], tmp_path / "loss", metric="test/loss").grid
+    assert loss["best"].tolist() == [summary.BEST_MARK, ""]
+    assert "final.test/loss mean" in loss.columns
+
+
+def test_rows_never_mix_recipes(tmp_path):
+    """Adam and SGD at the same hidden/lr are two rows; other data is a row of its own."""
+    sweep = tmp_path / "s"
+    write_run(sweep / "0", [0.95], sweep_dir=sweep, num=0)
+    write_run(sweep / "1", [0.96], seed=1, sweep_dir=sweep, num=1)
+    write_run(sweep / "2", [0.97], optimizer="Adam", sweep_dir=sweep, num=2)
+    write_run(sweep / "3", [0.11], data_id="0123456789ab", sweep_dir=sweep, num=3)
+    result = run([sweep], tmp_path / "out")
+    grid = result.grid
+    assert list(grid.columns[1:3]) == ["optimizer", "data"]
+    assert grid[["optimizer", "data", "n"]].values.tolist() == [
+        ["adam", "eee3ce93c2df", 1],
+        ["sgd", "0123456789ab", 1],
+        ["sgd", "eee3ce93c2df", 2],
+    ]
+    assert "| optimizer " in result.markdown and "| data " in result.markdown
+
+
+def test_duplicates_are_counted_once_and_flagged(tmp_path):
+    sweep = tmp_path / "s"
+    for num, acc in enumerate([0.90, 0.92, 0.92]):  # three runs, one recipe, one seed
+        write_run(sweep / str(num), [acc], sweep_dir=sweep, num=num)
+    write_run(sweep / "3", [0.94], seed=1, sweep_dir=sweep, num=3)
+    result = run([sweep], tmp_path / "out")
+    assert result.grid["n"].tolist() == [2]  # distinct seeds, not runs
+    assert result.grid["duplicates"].tolist() == [2]
+    mean_seed0 = (90 + 92 + 92) / 3
+    assert result.grid["final.test/acc % mean"][0] == pytest.approx((mean_seed0 + 94) / 2)
+    assert "Duplicates: 2 run(s) repeat the recipe and seed of another" in result.markdown
+    assert "| +2 " in result.markdown
+
+
+def test_by_narrows_the_rows_and_says_what_they_mix(tmp_path):
+    sweep = tmp_path / "s"
+    write_run(sweep / "0", [0.95], sweep_dir=sweep, num=0)
+    write_run(sweep / "1", [0.97], optimizer="Adam", lr=0.001, sweep_dir=sweep, num=1)
+    result = run([sweep], tmp_path / "out", by=["hidden"])
+    assert result.grid["n"].tolist() == [2] and list(result.grid.columns[:2]) == [
+        "section",
+        "hidden",
+    ]
+    assert "Rows mix runs that also differ in: lr, optimizer (not in --by)." in result.markdown
 
 
 def test_where_filters_the_runs(lab, tmp_path):
@@ -339,18 +423,22 @@ def test_where_filters_the_runs(lab, tmp_path):
     assert len(read_csv(tmp_path / "done" / "summary.csv")) == 5
     both = run([lab], tmp_path / "both", where="`final.test/acc` > 0.95 and seed == 0")
     assert both.runs["run_id"].tolist() == ["multiruns/A/2", "multiruns/B/0"]
+    sgd = run([lab], tmp_path / "sgd", where="optimizer == 'sgd' and not (hidden in [16, 128])")
+    assert sgd.runs["hidden"].tolist() == [32, 32, 64, 32, 32]
+    shorter = run([lab], tmp_path / "short", where="`test/acc` >= 0.975 or reason == None")
+    assert len(shorter.runs) == 5  # the completed ones (no reason); A/2 and B/0 also pass
 
 
 def test_other_grouping_and_metrics(lab, tmp_path):
     by_activation = run([lab], tmp_path / "a", by=["model.activation"], metric="converged.test/acc")
     grid = by_activation.grid
-    # the old record has no activation: a row of its own, after the others
-    assert grid["config.model.activation"].fillna("").tolist() == ["relu", ""]
-    assert grid["converged.test/acc % mean"][0] == pytest.approx((92 + 94 + 96.5 + 97) / 4)
-    assert grid["n"].tolist() == [4, 1]
+    # one grid per section; the old record has no activation: an empty cell
+    assert grid["config.model.activation"].fillna("").tolist() == ["relu", "relu", ""]
+    assert grid["converged.test/acc % mean"][1] == pytest.approx((92 + 94 + 96.5) / 3)
+    # rows that mix recipes count (recipe, seed) units: hidden 16 seeds 0 and 1, hidden 32 seed 0
+    assert grid["n"].tolist() == [1, 3, 1]
     loss = run([lab], tmp_path / "b", metric="test/loss").grid
-    assert loss["final.test/loss mean"].tolist() == pytest.approx([0.05, 0.0225, 0.35])
-    assert loss["best"].tolist() == ["", summary.BEST_MARK, ""]  # lowest loss is best
+    assert loss["final.test/loss mean"].tolist() == pytest.approx([0.02, 0.05, 0.025, 0.35])
 
 
 def test_bad_input_writes_nothing(lab, tmp_path):
@@ -359,7 +447,7 @@ def test_bad_input_writes_nothing(lab, tmp_path):
         "--by": dict(by=["hidden", "nope"]),
         "--metric": dict(metric="nope"),
         "--where": dict(where="hidden >>"),
-        "--heatmap": dict(heatmap=["hidden", "nope"]),
+        "--heatmap": dict(heatmap=["hidden", "nope"], plots=True),
     }
     for option, overrides in cases.items():
         with pytest.raises(SummaryError, match=option):
@@ -376,10 +464,10 @@ def test_bad_input_writes_nothing(lab, tmp_path):
 
 def test_rerun_writes_identical_files_and_no_temp_files(lab, tmp_path):
     out = tmp_path / "out"
-    run([lab], out)
+    run([lab], out, plots=True)
     first = snapshot(out)
     assert sorted(first) == sorted(OUTPUTS)
-    run([lab], out)
+    run([lab], out, plots=True)
     assert snapshot(out) == first  # byte-identical, PNGs included
     assert not [name for name in os.listdir(out) if name.startswith(".") or ".tmp" in name]
 
@@ -399,22 +487,22 @@ def test_failed_write_leaves_old_file_and_no_temp(lab, tmp_path, monkeypatch):
 
 
 def test_plots_are_valid_pngs(lab, tmp_path):
-    run([lab], tmp_path / "out")
+    run([lab], tmp_path / "out", plots=True)
     for name in PLOTS:
         assert_png(tmp_path / "out" / name)
 
 
 def test_single_run_and_no_completed_run(lab, tmp_path, caplog):
     single = tmp_path / "single"
-    run([lab / "multiruns" / "A" / "0"], single)
+    run([lab / "multiruns" / "A" / "0"], single, plots=True)
     for name in PLOTS:
         assert_png(single / name)
     assert len(read_csv(single / "grid.csv")) == 1
 
     out = tmp_path / "none"
-    run([lab], out)
-    with caplog.at_level(logging.INFO, logger="mnist_lab.plots"):
-        result = run([lab], out, where="status != 'completed'")
+    run([lab], out, plots=True)
+    with caplog.at_level(logging.INFO, logger="mnist_lab.summary_plots"):
+        result = run([lab], out, where="status != 'completed'", plots=True)
     assert len(result.runs) == 3 and result.grid.empty
     assert "(no completed runs)" in (out / "summary.md").read_text()
     assert_png(out / "learning_curves.png")  # the diverged and pruned runs still have curves
@@ -423,7 +511,9 @@ def test_single_run_and_no_completed_run(lab, tmp_path, caplog):
     assert "heatmap skipped" in caplog.text
 
     failed = tmp_path / "failed"
-    run([lab], failed, where="status == 'failed'")  # no metrics at all: every plot skipped
+    run(
+        [lab], failed, where="status == 'failed'", plots=True
+    )  # no metrics at all: every plot skipped
     assert sorted(os.listdir(failed)) == ["grid.csv", "summary.csv", "summary.md"]
 
 
@@ -432,8 +522,8 @@ def test_empty_folder_gives_empty_tables(tmp_path):
     assert result.runs.empty and result.grid.empty
     assert list(read_csv(tmp_path / "out" / "summary.csv").columns)[:3] == [
         "run_id",
+        "section",
         "sweep",
-        "study",
     ]
 
 
@@ -497,7 +587,7 @@ def summarize_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_defaults_summarise_results_into_results(lab, tmp_path):
     proc = summarize_cli(cwd=tmp_path)  # default path and out: results/ under the cwd
     assert proc.returncode == 0, proc.stderr
-    assert "97.75 ± 0.35" in proc.stdout and "★" in proc.stdout
+    assert "| 32       | 96.50             | 97.50 " in proc.stdout and "★" in proc.stdout
     for name in OUTPUTS:
         assert (lab / name).is_file()
     assert len(read_csv(lab / "summary.csv")) == 8
@@ -509,7 +599,8 @@ def test_cli_options(lab, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["grid.csv", "summary.csv", "summary.md"]
     grid = read_csv(tmp_path / "out" / "grid.csv")
-    assert grid["hidden"].tolist() == [16, 32] and grid["n"].tolist() == [1, 2]
+    assert grid["section"].tolist() == ["study s", "sweep A", "sweep A"]  # relative to the path
+    assert grid["hidden"].tolist() == [32, 16, 32] and grid["n"].tolist() == [1, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -530,40 +621,137 @@ def test_cli_bad_input_is_one_line_exit_2(lab, tmp_path, args, says):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_where_never_runs_code(lab, tmp_path):
+    """Injection attempts of several shapes: one line, exit 2, no file, no side effect."""
+    marker = tmp_path / "pwned"
+    attempts = [
+        f"status == 'completed' and @pd.io.common.os.system('touch {marker}') == 0",
+        f"__import__('os').system('touch {marker}') == 0",
+        "status.__class__.__init__.__globals__ == 1",
+        f"open('{marker}', 'w') != None",
+        "`run_dir`[0] == '/'",
+    ]
+    for expr in attempts:
+        proc = summarize_cli("--where", expr, "--out", "out", cwd=tmp_path)
+        assert proc.returncode == 2, (expr, proc.stdout)
+        last = proc.stderr.splitlines()[-1]
+        assert last.startswith("summarize: error: --where") and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_cli_where_matching_nothing_is_one_line(lab, tmp_path):
+    proc = summarize_cli("--where", "optimizer == 'SGD'", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "summarize: error: --where \"optimizer == 'SGD'\": matches none of the 8 runs; "
+        "nothing written"
+    )
+    assert not (tmp_path / "out").exists()
+    proc = summarize_cli("--where", "optimizer == 'sgd'", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0 and len(read_csv(tmp_path / "out" / "summary.csv")) == 8
+
+
+def test_one_call_writes_one_consistent_set(lab, tmp_path):
+    """Files of an earlier call with other options are removed, not left beside new tables."""
+    out = tmp_path / "out"
+    run([lab], out, plots=True)
+    run([lab], out, plots=True, heatmap=["hidden", "batch_size"])
+    assert sorted(os.listdir(out)) == sorted(
+        [
+            *OUTPUTS[:3],
+            "learning_curves.png",
+            "heatmap_hidden_batch_size.png",
+            "accuracy_vs_time.png",
+        ]
+    )
+    run([lab], out, where="seed == 1")  # no plots this time: no old PNG describes other runs
+    assert sorted(os.listdir(out)) == ["grid.csv", "summary.csv", "summary.md"]
+    (out / "keep.txt").write_text("not ours")
+    run([lab], out)
+    assert (out / "keep.txt").is_file()  # only the summary's own files are touched
+
+
+def test_refused_runs_are_left_out_and_killed_runs_say_so(lab, tmp_path):
+    sweep = lab / "multiruns" / "A"
+    refused = write_run(sweep / "5", [], hidden=0, status="failed", reason="hidden=0 ...")
+    (sweep / "5" / "result.json").write_text(json.dumps({**refused, "refused": True}))
+    dead = write_run(sweep / "6", [0.5], hidden=64, status="running", sweep_dir=sweep, num=6)
+    dead["writer"] = {"host": socket.gethostname(), "pid": 2**22 + 1, "process_start": "1"}
+    (sweep / "6" / "result.json").write_text(json.dumps(dead))
+    result = run([lab], tmp_path / "out")
+    runs = result.runs.set_index("run_id")
+    assert "multiruns/A/5" not in runs.index  # refused: not a result
+    assert runs.loc["multiruns/A/6", "status"] == "killed"
+    assert "ended without finishing" in runs.loc["multiruns/A/6", "reason"]
+    assert "Not shown: 1 refused (bad input, never trained)." in result.markdown
+    assert "1 killed" in result.markdown
+    assert (result.grid["n"].sum(), len(result.grid)) == (5, 4)  # neither enters the grid
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 
-def test_grid_multirun_end_to_end(run_cli, tmp_path):
-    """A 2x2 multirun on real MNIST: the callback leaves the tables and PNGs in the sweep dir."""
-    proc = run_cli(
-        [
-            "-m",
-            "hidden=16,32",
-            "lr=0.05,0.1",
-            "epochs=1",
-            "data.train_subset=1000",
-            "trainer.device=cpu",
-        ]
-    )
+def test_grid_and_preset_end_to_end(run_cli, tmp_path):
+    """The issue's scenario on real MNIST: an Adam preset run, then a 2x2 grid over hidden and
+    seed. results/summary.md keeps them apart, n=2 per hidden size, ★ on validation accuracy,
+    the multirun prints its grid, and every file beside the table describes the same runs."""
+    quick = ["epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
+    preset = run_cli(["experiment=deep64x3_adam_nll", *quick], own_dirs=True)
+    assert preset.returncode == 0, preset.output
+    proc = run_cli(["-m", "hidden=128,512", "seed=0,1", *quick], own_dirs=True)
     assert proc.returncode == 0, proc.output
-    sweep = proc.sweep_dir
-    assert (sweep / "summary.csv").is_file(), "no summary: is the callback in conf/config.yaml?"
-    runs = read_csv(sweep / "summary.csv")
-    assert len(runs) == 4 and set(runs["status"]) == {"completed"}
-    assert sorted(zip(runs["hidden"], runs["lr"], strict=True)) == [
-        (16, 0.05),
-        (16, 0.1),
-        (32, 0.05),
-        (32, 0.1),
-    ]
-    assert (runs["final.test/acc"] > 0.3).all() and (runs["converged.test/acc"] > 0.3).all()
-    table = [line for line in (sweep / "summary.md").read_text().splitlines() if line[:1] == "|"]
-    assert len(table) == 2 + 4 and sum("★" in line for line in table) == 1
+    results = tmp_path / "results"
+    (sweep,) = (results / "multiruns").glob("*/*")
+    # the terminal shows the sweep's grid, its best row on validation and where the files are
+    assert "best on validation: hidden=" in proc.stdout
+    assert f"files: {sweep.relative_to(tmp_path) / 'summary.md'}" in proc.stdout
+
+    runs = read_csv(results / "summary.csv")
+    assert len(runs) == 5 and set(runs["status"]) == {"completed"}
+    assert set(runs["optimizer"]) == {"sgd", "adam"} and runs["data"].nunique() == 1
+    grid = read_csv(results / "grid.csv")
+    sgd = grid[grid["section"].str.startswith("sweep ")]
+    assert sgd["hidden"].tolist() == [128, 512] and sgd["n"].tolist() == [2, 2]
+    best = sgd.loc[sgd["final.val/acc % mean"].idxmax()]
+    assert best["best"] == summary.BEST_MARK and sgd["best"].fillna("").tolist().count("★") == 1
+    adam = grid[grid["section"] == "single runs"]
+    assert len(adam) == 1 and adam["n"].tolist() == [1]
+    text = (results / "summary.md").read_text()
+    assert "## single runs" in text and "optimizer=adam" in text
+    sweep_part = text.split("## sweep ")[1].split("## single runs")[0]
+    assert "adam" not in sweep_part and "optimizer=sgd" in sweep_part
     for name in PLOTS:
-        assert_png(sweep / name)
-    assert not (tmp_path / "results").exists()  # no results root under this cwd: left alone
-    # the CLI with the same (configured) defaults rewrites the very same bytes
-    before = snapshot(sweep)
-    cli = summarize_cli(str(sweep), "--out", str(sweep), cwd=tmp_path)
+        assert_png(results / name)
+    # another call with other options leaves one consistent set: no PNG of the earlier runs
+    cli = summarize_cli("--where", "optimizer == 'sgd'", "--no-plots", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
-    assert snapshot(sweep) == before
+    assert sorted(p.name for p in results.iterdir() if p.is_file()) == sorted(TABLES)
+    assert len(read_csv(results / "summary.csv")) == 4
+
+
+def test_a_run_killed_outright_reads_as_killed(tmp_path):
+    """kill -9 leaves `running` in result.json; every reader says `killed` once the pid is gone."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "run.py"),
+        "epochs=100",
+        "data.train_subset=2000",
+        "trainer.device=cpu",
+        f"hydra.run.dir='{run_dir}'",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the record appears after epoch 0
+            if (run_dir / "result.json").is_file():
+                break
+            time.sleep(0.1)
+        assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
+        assert records.read_record(run_dir)["status"] == "running"  # alive: left alone
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, the record is not finished
+        proc.wait()
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
+    assert records.read_record(run_dir)["status"] == "killed"
+    runs = run([run_dir], tmp_path / "out").runs
+    assert runs["status"].tolist() == ["killed"] and "pid" in runs["reason"][0]
