@@ -30,9 +30,9 @@ from omegaconf import OmegaConf
 from mnist_lab.config import REPO_ROOT
 from mnist_lab.data import MnistTensors
 from mnist_lab.errors import LabError
-from mnist_lab.run_figures import confusion_matrix, predictions, save_confusion, save_sample_grid
 from mnist_lab.models import N_CLASSES
 from mnist_lab.records import EVAL_KEYS, atomic_write_text
+from mnist_lab.run_figures import confusion_matrix, predictions, save_confusion, save_sample_grid
 from mnist_lab.saved_run import SavedRun, best_trial_run_dir, load_weights, open_run
 from mnist_lab.task import build_trainer
 from mnist_lab.trainer import evaluate
