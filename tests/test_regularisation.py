@@ -157,6 +157,7 @@ def tiny_data(n=256, seed=0):
         val_y=y[n : n + 64],
         test_x=x[n + 64 :],
         test_y=y[n + 64 :],
+        fingerprint={"id": "made-by-the-test"},
     )
 
 
