@@ -47,7 +47,7 @@ class ResMLP(nn.Module):
         input_dropout: float,
     ):
         super().__init__()
-        self.input_dropout = nn.Dropout(input_dropout)
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.stem = nn.Linear(in_features, width)
         blocks = [
             ResidualBlock(width, width * expansion, activation, dropout) for _ in range(depth)

@@ -367,3 +367,12 @@ def test_a_trial_that_stops_early_is_complete_not_pruned(run_cli, tmp_path):
     assert best.weights == weights and f"  weights: {weights}\n" in proc.output
     assert best.evaluate.endswith(f"experiments/evaluate.py {result['run_dir']}")
     assert f"  evaluate: {best.evaluate}" in proc.output
+
+
+def test_resmlp_takes_input_dropout_too(compose):
+    model = build_model(
+        compose(["model=resmlp", "model.input_dropout=0.25", "hidden=8"]).model, "cpu"
+    )
+    assert isinstance(model.input_dropout, nn.Dropout) and model.input_dropout.p == 0.25
+    plain = build_model(compose(["model=resmlp", "hidden=8"]).model, "cpu")
+    assert isinstance(plain.input_dropout, nn.Identity)  # off: the model is as before
