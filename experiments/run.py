@@ -3,6 +3,7 @@
 import hydra
 
 import mnist_lab.config  # noqa: F401  (registers the schema and resolvers before composition)
+from mnist_lab import cli
 from mnist_lab.task import run_task
 
 
@@ -12,4 +13,4 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

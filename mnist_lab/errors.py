@@ -1,5 +1,7 @@
 """Errors the user can fix: each prints as one line naming the key and what is allowed."""
 
+from hydra.errors import CompactHydraException
+
 
 class LabError(Exception):
     """Base for mistakes in input (config values, data files) rather than bugs."""
@@ -13,3 +15,12 @@ class ConfigError(LabError):
 
 class DataError(LabError):
     """The MNIST files are missing, truncated or do not match their checksums."""
+
+
+class OutputError(LabError, OSError):
+    """An output file cannot be written (read-only or full disk, a folder that is a file)."""
+
+
+class SweepFailed(CompactHydraException):
+    """A sweep ran but too many of its trials failed (exit status 1, not a mistake in input);
+    Hydra prints it as its message alone."""

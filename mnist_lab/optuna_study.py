@@ -9,6 +9,7 @@ plain runs never pay for it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,14 +36,32 @@ CALLABLE_KEYS = frozenset(
 _IN_MEMORY: dict[str, Any] = {}
 
 
+# `scheme://user:password@host...`: the password is what lies between the first ':' after `//`
+# and the last '@' before the host.
+_USER_PASSWORD = re.compile(r"(://[^/@:]*:)([^/]*)@")
+
+
 class OptunaConfigError(ValueError):
     """A `_target_` node that does not build (unknown class, refused argument): one line."""
 
 
+def _password(url: str) -> str | None:
+    match = _USER_PASSWORD.search(url)
+    return match.group(2) if match and match.group(2) else None
+
+
 def display_url(url: str | None) -> str:
     """The storage URL as every log line, message and results file shows it (the one place to
-    change how a URL is shown)."""
-    return "in memory" if url is None else url
+    change how a URL is shown): never with its password (`postgresql://user:***@host/db`)."""
+    if url is None:
+        return "in memory"
+    return _USER_PASSWORD.sub(r"\1***@", url) if _password(url) else url
+
+
+def hide_password(text: str, url: str | None) -> str:
+    """`text` (a driver's error message, say) with the URL's password replaced by ***."""
+    password = _password(url) if url else None
+    return text.replace(password, "***") if password else text
 
 
 def from_config(cfg: Any, **extra: Any) -> Any:

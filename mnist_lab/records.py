@@ -23,6 +23,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mnist_lab.errors import OutputError
+
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 # Trained weights (mnist_lab.weights writes them; result.json's `weights` names those that exist).
@@ -57,16 +59,23 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write whole or not at all: temp file in the same folder, then rename over the target."""
+    """Write whole or not at all: temp file in the same folder, then rename over the target.
+
+    Raises `OutputError` (one line naming the file and what failed) when the disk refuses.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -208,3 +217,28 @@ class RunRecord:
     def finish(self, status: str, reason: str | None = None, **facts) -> None:
         self.facts.update(status=status, reason=reason, finished_at=_now(), **facts)
         self.save()
+
+
+def mark_stopped(folder: Path, status: str, reason: str) -> list[Path]:
+    """Records under `folder` whose writer on this host is gone while they say `running` get
+    `status` (a signal's `interrupted` / `terminated`) instead of reading as `killed`.
+
+    A sweep stopped by a signal has its launcher kill the worker processes (joblib's loky uses
+    SIGKILL), which leaves their records `running`; the sweep process calls this on its way out,
+    so that every record it leaves says why it stopped. A live job is never touched.
+    """
+    changed = []
+    host = socket.gethostname()
+    for path in sorted(Path(folder).rglob(RESULT_FILE)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or (data.get("writer") or {}).get("host") != host:
+            continue
+        if live_status(data).get("status") != "killed":
+            continue
+        data.update(status=status, reason=reason, finished_at=_now())
+        atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
+        changed.append(path)
+    return changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,15 @@ import torch  # noqa: E402
 
 from mnist_lab.data import MnistTensors  # noqa: E402
 from mnist_lab.models import N_CLASSES  # noqa: E402
+from mnist_lab.records import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    """PNG rendered in memory, then written whole (a full disk never leaves half an image)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @torch.no_grad()
@@ -45,8 +55,7 @@ def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int 
         ax.set_title(f"{truth[i]}→{pred[i]}", color="red" if wrong else "black", fontsize=9)
     fig.suptitle("test images: true→predicted (red: misclassified)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_confusion(counts: torch.Tensor, path: Path) -> None:
@@ -62,8 +71,7 @@ def save_confusion(counts: torch.Tensor, path: Path) -> None:
     ax.set_title(f"confusion matrix (test accuracy {accuracy:.2%})")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_figures(model, data: MnistTensors, run_dir: Path) -> None:

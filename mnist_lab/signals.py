@@ -2,10 +2,15 @@
 job (the task's record, the sweeper's trials) also records a terminated one.
 
 Contract (docs/ARCHITECTURE.md, exit codes): a run or sweep stopped by SIGINT records the status
-`interrupted` and exits 130; one stopped by SIGTERM records `terminated` and exits 143.
+`interrupted` and exits 130; one stopped by SIGTERM records `terminated` and exits 143. A second
+signal while the first one unwinds (records being written, workers being stopped) exits at once.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
 
 
 class Terminated(KeyboardInterrupt):
@@ -17,3 +22,40 @@ def stop_status(error: BaseException) -> tuple[str, int]:
     if isinstance(error, Terminated):
         return "terminated", 143
     return "interrupted", 130
+
+
+def _again(signum, frame) -> None:
+    """A second SIGINT/SIGTERM: the user does not want to wait for the clean-up. The process
+    dies of the signal itself (its default action), which a shell reports as 130 / 143."""
+    os.write(2, f"stopped at once by a second {signal.Signals(signum).name}\n".encode())
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _first(signum, frame) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _again)
+    if signum == signal.SIGTERM:
+        raise Terminated("SIGTERM")
+    raise KeyboardInterrupt("SIGINT")
+
+
+def install() -> None:
+    """SIGTERM raises `Terminated`, SIGINT `KeyboardInterrupt`; the next one exits at once.
+
+    Only in the main thread (Python's rule for handlers); a signal the parent process ignores
+    (`nohup`, a background job) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _first)
+
+
+def install_in_worker() -> None:
+    """`install` in a job process no entry point set up (a joblib or submitit worker), so that
+    its job records `terminated` too; a no-op where a handler is already set."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        install()

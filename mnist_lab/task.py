@@ -24,11 +24,12 @@ from torch import nn
 
 from mnist_lab import trial_reporting
 from mnist_lab.data import load_mnist
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import ConfigError, LabError, OutputError
 from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
+from mnist_lab.signals import install_in_worker, stop_status
 from mnist_lab.trainer import (
     AutogradLearner,
     Diverged,
@@ -211,10 +212,23 @@ def model_facts(model, data) -> dict:
 
 
 def run_task(cfg: DictConfig) -> float:
+    install_in_worker()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     record = RunRecord(run_dir, run_facts(cfg, hydra_cfg))
+    try:
+        return _train_and_record(cfg, record, multirun)
+    except OutputError as e:  # the record cannot be written: one line; a sweep goes on
+        if not multirun:
+            log.error("%s", e)
+            raise SystemExit(2) from None
+        log.error("job failed: %s", e)
+        return math.nan
+
+
+def _train_and_record(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
+    run_dir = record.run_dir
     started = time.perf_counter()
     try:
         value = train(cfg, record, multirun)
@@ -227,9 +241,18 @@ def run_task(cfg: DictConfig) -> float:
     except BaseException as e:
         reason = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
         status = "pruned" if _is_pruned(e) else "failed"
+        if isinstance(e, KeyboardInterrupt):
+            status, _ = stop_status(e)
+            reason = f"stopped by {e}" if str(e) else status
         # Bad input found before epoch 0: `refused`, never a result; the results tables skip it.
         refused = isinstance(e, LabError) and not record.rows
-        record.finish(status, reason, wall_seconds=time.perf_counter() - started, refused=refused)
+        try:
+            record.finish(
+                status, reason, wall_seconds=time.perf_counter() - started, refused=refused
+            )
+        except OutputError:
+            if not isinstance(e, KeyboardInterrupt):
+                raise
         if status == "pruned" or isinstance(e, KeyboardInterrupt):
             raise
         if multirun:  # bad input: one line; anything else is a bug worth its traceback in run.log

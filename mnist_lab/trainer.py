@@ -29,7 +29,7 @@ EpochHook = Callable[[int, dict], None]
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss, validation loss or validation accuracy became NaN or infinite."""
 
 
 class Learner:
@@ -246,6 +246,10 @@ class Trainer:
         self.stopped_early: dict | None = None  # {"epoch", "reason"} once early stopping ends it
 
     @property
+    def has_val(self) -> bool:
+        return len(self.data.val_y) > 0
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(self.plan)
 
@@ -305,15 +309,24 @@ class Trainer:
             row["lr"] = self.learner.lrs[epoch * self.steps_per_epoch - 1]
             row["seconds"] = time.perf_counter() - start
             diverged = not math.isfinite(row["train/loss"])
-            if self.settings.eval_every_epoch or epoch == self.settings.epochs or diverged:
+            evaluated = self.settings.eval_every_epoch or epoch == self.settings.epochs or diverged
+            if evaluated:
                 row.update(self._timed_evaluate())
             else:
                 row.update(dict.fromkeys(EVAL_KEYS, math.nan))
-            stop = None if stopper is None or diverged else stopper.update(epoch, row["val/acc"])
-            row["last_epoch"] = epoch == self.settings.epochs or diverged or stop is not None
-            self._emit(row, hooks)
-            if diverged:
-                raise Diverged(f"training loss became {row['train/loss']} in epoch {epoch}")
+            checked = ["train/loss"] + (
+                ["val/loss", "val/acc"] if evaluated and self.has_val else []
+            )
+            bad = [k for k in checked if not math.isfinite(row[k])]
+            stop = None if stopper is None or bad else stopper.update(epoch, row["val/acc"])
+            row["last_epoch"] = epoch == self.settings.epochs or bool(bad) or stop is not None
+            try:
+                self._emit(row, hooks)
+            except Exception:
+                if not bad:
+                    raise  # else a hook judging the epoch (a pruner) must not hide the divergence
+            if bad:
+                raise Diverged(f"{bad[0]} became {row[bad[0]]} in epoch {epoch}")
             if stop is not None:
                 self.stopped_early = {"epoch": epoch, "reason": stop}
                 log.info("early stopping after epoch %d: %s", epoch, stop)

@@ -51,7 +51,9 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_positive(key: str, value) -> None:
-    if value is None or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # untyped groups
+        raise ConfigError(key, value, "must be a number > 0")
+    if value <= 0:
         raise ConfigError(key, value, "must be > 0")
 
 

@@ -119,3 +119,30 @@ def run_cli(tmp_path):
         return proc
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres_server.py).
+
+    Skips with its reason where no server binary is installed; in CI (CI=true) that is a failure.
+    """
+    from postgres_server import PostgresServer, server_bin
+
+    bin_dir = server_bin()
+    if bin_dir is None:
+        reason = "no PostgreSQL server (initdb) installed: apt-get install postgresql"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """The URL of a fresh database on the session's server (password included)."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    return postgres_server.create_database(name)

@@ -447,7 +447,7 @@ def test_cli_refuses_cuda_without_gpu(run_cli):
         ("hidden=abc", ["hidden", "abc"]),
         ("lrr=0.1", ["lrr"]),
         ("model.activation=swish", ["model.activation", "relu, sigmoid, tanh, gelu, leaky_relu"]),
-        ("optimizer=foo", ["optimizer/foo", "adadelta", "rmsprop"]),
+        ("optimizer=foo", ["optimizer=foo", "adadelta", "rmsprop"]),
     ],
 )
 def test_cli_refuses_at_composition(run_cli, override, named):

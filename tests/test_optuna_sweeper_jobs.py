@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from hydra_plugins.mnist_lab_optuna_sweeper import _workers
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from mnist_lab import optuna_study
+from mnist_lab.errors import SweepFailed
 from mnist_lab.signals import Terminated
 
 APP = Path(__file__).parent / "apps" / "fake_task.py"
@@ -113,7 +114,7 @@ def test_each_failure_fails_only_its_trial_with_a_reason(sweep):
 
 
 def test_all_trials_failed_gives_a_clear_message(sweep, tmp_path):
-    with pytest.raises(SweeperError) as error:
+    with pytest.raises(SweepFailed) as error:
         sweep("mode=raise", "hydra.sweeper.max_failure_rate=1.0", n_trials=3)
     message = str(error.value)
     assert message == (
@@ -133,7 +134,7 @@ def test_interrupted_sweep_leaves_no_trial_running(sweep, tmp_path):
 
 
 def test_max_failure_rate_stops_the_sweep(sweep, tmp_path):
-    with pytest.raises(SweeperError, match="stopping the sweep: 3 of the trials it ran failed"):
+    with pytest.raises(SweepFailed, match="stopping the sweep: 3 of the trials it ran failed"):
         sweep("mode=raise", "hydra.sweeper.max_failure_rate=0.2", n_trials=10)
     s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
     assert s.states() == ["FAIL"] * 3  # 3 > 0.2 * 10
@@ -168,7 +169,7 @@ def test_max_failure_rate_counts_failures_over_the_sweep(sweep, tmp_path, rate, 
         s = sweep(*overrides, n_trials=6)
         assert len(s.trials) == 6
     else:
-        with pytest.raises(SweeperError) as error:
+        with pytest.raises(SweepFailed) as error:
             sweep(*overrides, n_trials=6)
         assert str(error.value).startswith(message) and "\n" not in str(error.value)
         assert "RuntimeError: boom" in str(error.value)  # the last failure's reason
@@ -286,7 +287,7 @@ def test_several_objectives_give_the_pareto_front(sweep):
 
 
 def test_several_objectives_none_completed_gives_empty_solutions(sweep, tmp_path):
-    with pytest.raises(SweeperError, match="no trial of study 's' completed"):
+    with pytest.raises(SweepFailed, match="no trial of study 's' completed"):
         sweep(
             "hydra.sweeper.direction=[maximize,minimize]",
             "mode=raise",
@@ -340,7 +341,7 @@ def test_a_trial_that_trains_all_its_epochs_is_complete(sweep):
     assert s.states() == ["COMPLETE"]  # no pruning decision after the last epoch
     assert s.trials[0].intermediate_values == {1: 0.5}  # but the value is reported
     assert s.record(s.trials[0])["status"] == "completed"
-    with pytest.raises(SweeperError, match="no trial of study 'three' completed"):
+    with pytest.raises(SweepFailed, match="no trial of study 'three' completed"):
         sweep(*threshold, "x=0.5", "epochs=3", n_trials=1, study="three", name="run2")
     s = Sweep(s.url, "three", s.dir.parent / "run2")
     assert s.states() == ["PRUNED"]  # before the last epoch the pruner decides

@@ -35,7 +35,7 @@ def job_overrides(
 
     Every job gets `hydra.sweep.subdir=trial_NNNN` (never reused: a sweep dir shared with another
     study gets a suffix), its trial number in `hydra.job.env_set`, the resolved study name and
-    storage, which `mnist_lab.trial_reporting` reads to report to the same trial. The trial's
+    (when the sweeper made it absolute) the storage URL, which `mnist_lab.trial_reporting` reads to report to the same trial. The trial's
     user attributes get the worker, a first heartbeat, the task overrides and the run folder.
     """
     task = list(fixed)
@@ -57,7 +57,10 @@ def job_overrides(
         f"++hydra.job.env_set.{TRIAL_ENV}='{trial.number}'",
         f"hydra.sweeper.study_name={quote(trial.study.study_name)}",
     ]
-    if url is not None:
+    if url is not None and url != config.hydra.sweeper.storage:
+        # Only a URL the sweeper changed (a relative SQLite path made absolute): anything else
+        # the job composes itself, so a password passed as `${oc.env:...}` stays out of its
+        # .hydra/ files.
         hydra.append(f"hydra.sweeper.storage={quote(url)}")
     return task + hydra
 

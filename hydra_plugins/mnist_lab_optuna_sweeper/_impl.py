@@ -27,6 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from mnist_lab.errors import SweepFailed
 from mnist_lab.optuna_study import display_url
 
 from ._batches import Batches, counts
@@ -136,7 +137,7 @@ class OptunaSweeperImpl(Sweeper):
             if failed > s.max_failure_rate * planned:
                 report(study, url, directions, s.n_trials, self.config)
                 last = batch_failed[-1]
-                raise SweeperError(
+                raise SweepFailed(
                     f"stopping the sweep: {failed} of the trials it ran failed, more than "
                     f"max_failure_rate={s.max_failure_rate} of {planned}; last, trial "
                     f"{last.number}: {last.user_attrs.get('reason')} (every trial's reason: "
@@ -144,5 +145,5 @@ class OptunaSweeperImpl(Sweeper):
                 )
         message = report(study, url, directions, s.n_trials, self.config)
         if message is not None:
-            raise SweeperError(message)
+            raise SweepFailed(message)
         return returns

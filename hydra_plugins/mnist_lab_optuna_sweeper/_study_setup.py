@@ -16,7 +16,7 @@ import optuna
 from omegaconf import DictConfig
 
 from mnist_lab import optuna_study
-from mnist_lab.optuna_study import OptunaConfigError, display_url, one_line
+from mnist_lab.optuna_study import OptunaConfigError, display_url, hide_password, one_line
 
 from ._errors import SweeperError
 from .config import REMOVED_SAMPLERS
@@ -87,7 +87,8 @@ def open_study(
             load_if_exists=True,
         )
     except Exception as e:
-        raise SweeperError(f"hydra.sweeper.storage={display_url(url)!r}: {one_line(e)}") from None
+        why = hide_password(one_line(e), url)
+        raise SweeperError(f"hydra.sweeper.storage={display_url(url)!r}: {why}") from None
     stored = [d.name.lower() for d in study.directions]
     if stored != directions:
         raise SweeperError(

@@ -1,0 +1,161 @@
+"""Careless input ends in at most two lines that name the key or option and what is allowed,
+exit status 2, no traceback and no HYDRA_FULL_ERROR hint (mnist_lab.cli); HYDRA_FULL_ERROR=1 still
+gives Hydra's full report.
+
+The table runs the real entry point (experiments/run.py's `main` through `mnist_lab.cli.run`)
+in-process, so that 40 cases cost seconds; a few cases also run as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import signal
+import sys
+
+import pytest
+from conftest import RUN_PY
+
+from mnist_lab.cli import SweepFolder, explain
+from mnist_lab.errors import OutputError, SweepFailed
+
+OPTUNA = ("-m", "hparams_search=mlp_optuna")
+
+# (arguments, text the message must contain): every case fails before any training.
+CASES = [
+    (["hiden=128"], "unknown key hiden (did you mean hidden?)"),
+    (["lr=fast"], "lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
+    (["optimizer=lbfgsx"], "options of optimizer: adadelta, adagrad, adam, adamw, rmsprop, sgd"),
+    (["model.activation=swish"], "expected one of [relu, sigmoid, tanh, gelu, leaky_relu]"),
+    (["hparams_search=nonexistent"], "options of hparams_search: mlp_optuna"),
+    (["experiment=nonexistent"], "options of experiment: deep64x3_adam_nll"),
+    (["hidden=choice()"], "cannot parse override 'hidden=choice()'"),
+    (["+hidden=3"], "An item is already at 'hidden'"),
+    (["model.hiden_sizes=[3]"], "unknown key model.hiden_sizes (did you mean model.hidden_sizes?)"),
+    (["hidden=-1"], "model.hidden_sizes[0]=-1 is not allowed: must be > 0"),
+    (["hidden=0"], "model.hidden_sizes[0]=0 is not allowed: must be > 0"),
+    (["batch_size=0"], "batch_size=0 is not allowed: must be in [1,"),
+    (["epochs=0"], "trainer.epochs=0 is not allowed: must be > 0"),
+    (["lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: one of auto, cpu"),
+    (["data.val_size=70000"], "data.val_size=70000 is not allowed: must be in [0, 60000)"),
+    (["scheduler=cosinex"], "scheduler=cosinex: no such option (did you mean cosine?)"),
+    (["model=mlpx"], "model=mlpx: no such option (did you mean mlp or resmlp?)"),
+    (["hidden=[1,2"], "cannot parse override 'hidden=[1,2'"),
+    (["hidden="], "hidden=: Value '' of type 'str' could not be converted to Integer"),
+    (["=3"], "an override is key=value"),
+    (["data.normalize=foo"], "expected one of [mnist, half, none]"),
+    (
+        ["trainer.cuda_graph=maybe"],
+        "trainer.cuda_graph='maybe' is not allowed: one of auto, on, off",
+    ),
+    (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: must be in [0, 1)"),
+    (["trainer.epoch=3"], "unknown key trainer.epoch (did you mean trainer.epochs?)"),
+    (["optimizer.momentm=0.9"], "unknown key optimizer.momentm (did you mean optimizer.momentum?)"),
+    (["hidden=1,2"], "to sweep the values add -m"),
+    (["~nokey"], "'nokey' does not exist"),
+    (["data=nope"], "options of data: mnist"),
+    (["hydra/launcher=nope"], "options of hydra/launcher: basic"),
+    (["model.hidden_sizes=abc"], "model.hidden_sizes=abc"),
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: must be a number > 0"),
+    (["data.train_subset=0"], "data.train_subset=0 is not allowed"),
+    (["model.activation=relux"], "expected one of [relu,"),
+    ([*OPTUNA, "hydra/sweeper/sampler=nope"], "options of hydra/sweeper/sampler: cmaes, gp, grid"),
+    ([*OPTUNA, "hydra/sweeper/pruner=nope"], "options of hydra/sweeper/pruner:"),
+    ([*OPTUNA, "hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1 is not allowed"),
+    ([*OPTUNA, "lr=interval(1,0)"], "lr=interval(1,0)"),
+    ([*OPTUNA, "hidden=choice(1,2"], "cannot parse override 'hidden=choice(1,2'"),
+    ([*OPTUNA, "hydra.sweeper.direction=up"], "hydra.sweeper.direction"),
+    ([*OPTUNA, "hydra.sweeper.storage=nodb://x"], "hydra.sweeper.storage"),
+    ([*OPTUNA, "hydra.sweeper.storage=postgresql://u:secret@127.0.0.1:1/x"], "storage"),
+    ([*OPTUNA, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed=abc"),
+    (["-m", "optimizer=adam,lbfgsx"], "options of optimizer:"),
+]
+if not __import__("torch").cuda.is_available():
+    CASES.append((["trainer.device=cuda"], "no CUDA device on this machine; use auto or cpu"))
+
+
+@pytest.fixture
+def cli_main(tmp_path, monkeypatch, capsys):
+    """`cli_main(*args) -> (exit status, printed text)`: experiments/run.py run in this process
+    as `python experiments/run.py *args` runs it."""
+    monkeypatch.chdir(tmp_path)  # the Optuna cases' default storage lands here
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _run(*args: str) -> tuple[int, str]:
+        argv = [
+            str(RUN_PY),
+            *args,
+            f"hydra.run.dir={tmp_path}/run",
+            f"hydra.sweep.dir={tmp_path}/s",
+        ]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(RUN_PY), run_name="__main__")
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        captured = capsys.readouterr()
+        return stop.value.code, captured.out + captured.err
+
+    yield _run
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    SweepFolder.path = None
+
+
+def _message(output: str) -> list[str]:
+    """The lines a user reads (log lines of a multirun's set-up are not messages)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    return [line for line in lines if "[HYDRA]" not in line and "][INFO]" not in line]
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_careless_input_is_one_clear_message(cli_main, args, expected):
+    code, output = cli_main(*args)
+    lines = _message(output)
+    assert code == 2, output
+    assert 1 <= len(lines) <= 2, output
+    assert expected in output, output
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output
+
+
+def test_password_of_a_bad_storage_url_is_not_shown(cli_main):
+    code, output = cli_main(*OPTUNA, "hydra.sweeper.storage=postgresql://u:s3cr3t@127.0.0.1:1/x")
+    assert code == 2 and "s3cr3t" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["hiden=128"], "did you mean hidden?"),
+        (["optimizer=lbfgsx"], "options of optimizer: adadelta, adagrad, adam, adamw"),
+    ],
+)
+def test_real_command_prints_at_most_two_lines(run_cli, args, expected):
+    proc = run_cli(args)
+    lines = [line for line in proc.output.splitlines() if line.strip()]
+    assert proc.returncode == 2 and 1 <= len(lines) <= 2, proc.output
+    assert expected in proc.output and "Traceback" not in proc.output
+
+
+def test_hydra_full_error_still_gives_the_full_report(run_cli):
+    proc = run_cli(["hiden=128"], env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
+
+
+def test_exit_statuses_of_other_errors():
+    assert explain(SweepFailed("3 of 4 trials failed")) == (["3 of 4 trials failed"], 1)
+    lines, code = explain(OutputError("cannot write /x/result.json: No space left on device"))
+    assert code == 2 and lines == ["cannot write /x/result.json: No space left on device"]
+    assert explain(RuntimeError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_sweep_whose_trials_fail_exits_1(cli_main):
+    code, output = cli_main(*OPTUNA, "hydra.sweeper.n_trials=1", "hidden=0")
+    assert code == 1, output
+    assert output.splitlines()[-1].startswith("stopping the sweep: 1 of the trials it ran failed")
+    assert "Traceback" not in output

@@ -1,0 +1,115 @@
+"""The README's scale-out recipes against a real PostgreSQL server (the `postgres_server` fixture):
+two sweep processes on one study, Hydra's joblib launcher with 2 workers, and Hydra's submitit
+launcher with its local executor (each trial its own process, as on Slurm minus the scheduler).
+
+Each reaches the exact trial count with every epoch reported to the shared study (what pruning
+across processes reads), and the database password reaches no file and no output. Short trainings:
+the point is the storage, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mnist_lab.records import read_record
+
+RUN_PY = Path(__file__).resolve().parent.parent / "experiments" / "run.py"
+EPOCHS = 2
+# The README's recipe: the URL comes from the environment, never from the command line.
+RECIPE = [
+    "-m",
+    "hparams_search=mlp_optuna",
+    "hydra.sweeper.storage=${oc.env:MNIST_LAB_STORAGE}",
+    f"epochs={EPOCHS}",
+    "data.train_subset=1024",  # the search space has batch sizes up to 1024
+    "trainer.device=cpu",
+    "lr=tag(log, interval(1e-3, 1e-1))",  # no diverging trial: every one reports its epochs
+]
+
+
+def _start(tmp_path: Path, url: str, name: str, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["MNIST_LAB_STORAGE"] = url
+    cmd = [sys.executable, str(RUN_PY), *RECIPE, *extra, f"hydra.sweep.dir={tmp_path / name}"]
+    log = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 400) -> None:
+    for proc in procs:
+        proc.wait(timeout=timeout)
+        proc.stdout and proc.stdout.close()
+    codes = [proc.returncode for proc in procs]
+    assert codes == [0] * len(procs), codes
+
+
+def _check_study(url: str, study_name: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly n_trials finished, none left running, every epoch reported to the server."""
+    trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
+    assert len(trials) == n_trials, [(t.number, t.state) for t in trials]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), trials
+    for t in trials:
+        assert 1 in t.intermediate_values, (t.number, t.intermediate_values)
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
+            assert t.value == pytest.approx(t.intermediate_values[EPOCHS])
+    return trials
+
+
+def _job_pids(tmp_path: Path) -> set[int]:
+    records = [read_record(p) for p in tmp_path.rglob("result.json")]
+    assert records and all(r is not None for r in records)
+    return {r["writer"]["pid"] for r in records}
+
+
+def _assert_no_password(tmp_path: Path, password: str) -> None:
+    leaks = [
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*")
+        if p.is_file() and password.encode() in p.read_bytes()
+    ]
+    assert not leaks, f"the database password is written in {leaks}"
+
+
+def test_two_sweep_processes_share_one_study(postgres_server, postgres_url, tmp_path):
+    n = 6
+    extra = (f"hydra.sweeper.n_trials={n}", "hydra.sweeper.study_name=shared")
+    _finish([_start(tmp_path, postgres_url, f"worker{i}", *extra) for i in (1, 2)])
+    trials = _check_study(postgres_url, "shared", n)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both ran trials
+    for i in (1, 2):
+        assert (tmp_path / f"worker{i}" / "optimization_results.yaml").is_file()
+    _assert_no_password(tmp_path, postgres_server.password)
+
+
+def test_joblib_launcher_with_two_workers(postgres_server, postgres_url, tmp_path):
+    n = 4
+    extra = (f"hydra.sweeper.n_trials={n}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    _finish([_start(tmp_path, postgres_url, "joblib", *extra)])
+    _check_study(postgres_url, "mlp", n)
+    assert len(_job_pids(tmp_path)) >= 2  # the trials ran in worker processes
+    _assert_no_password(tmp_path, postgres_server.password)
+
+
+def test_submitit_local_launcher(postgres_server, postgres_url, tmp_path):
+    """The README's Slurm recipe with `submitit_local`: each trial is its own process."""
+    n = 2
+    extra = (
+        f"hydra.sweeper.n_trials={n}",
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.launcher.timeout_min=10",
+    )
+    proc = _start(tmp_path, postgres_url, "submitit", *extra)
+    _finish([proc])
+    _check_study(postgres_url, "mlp", n)
+    pids = _job_pids(tmp_path)
+    assert len(pids) == n and proc.pid not in pids
+    _assert_no_password(tmp_path, postgres_server.password)
