@@ -36,6 +36,7 @@ from mnist_lab.records import EVAL_KEYS
 from mnist_lab.task import RecordedRun, build_learner, build_trainer, epoch_hooks, model_facts
 from mnist_lab.trainer import Diverged, Trainer, eager_epoch, log_epoch
 from mnist_lab.validate import check_config, parse_switch, resolve_device
+from mnist_lab.weights import WeightKeeper, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ def _probe(cfg: DictConfig) -> stacked.Member | None:
         return None  # per-step output or compilation: features of the single-model loop
     if parse_switch("trainer.save_figures", trainer.save_figures) is True:
         return None
+    if trainer.label_smoothing or trainer.max_norm is not None:
+        return None  # not in the stacked maths
+    if trainer.early_stopping.patience is not None:
+        return None  # a per-member stop rule the group loop does not apply
     model = build_model(cfg.model, torch.device("cpu"))
     return stacked.member_of(build_learner(cfg, model, 1, capture=False))
 
@@ -219,7 +224,7 @@ def train_group(jobs: list[Job], group: dict) -> list:
     """
     runs: list[RecordedRun | None] = [None] * len(jobs)
     outcomes: list = [None] * len(jobs)
-    trainers, hooks, members, rngs = [], [], [], []
+    trainers, hooks, members, rngs, keepers = [], [], [], [], []
     facts = {"batched": {"k": len(jobs), **group}}
     try:
         for j, job in enumerate(jobs):
@@ -230,9 +235,12 @@ def train_group(jobs: list[Job], group: dict) -> list:
                     trainer = build_trainer(job.cfg, multirun=True)
                     # The single run's dropout masks come from the global generator after the model
                     # was built: each member continues that stream in a generator of its own.
-                    rngs.append(torch.Generator().set_state(torch.get_rng_state()))
+                    rng = torch.Generator().set_state(torch.get_rng_state())
                     run.record.facts.update(model_facts(trainer.learner.model, trainer.data))
-                    hooks.append(epoch_hooks(job.cfg, run.record))
+                    # The member's model holds views into the stack: its weights save as alone.
+                    mode = resolve_mode(job.cfg.trainer.save_weights.value, multirun=True)
+                    keeper = WeightKeeper(trainer.learner.model, mode)
+                    job_hooks = [*epoch_hooks(job.cfg, run.record), keeper]
                 except KeyboardInterrupt:
                     raise
                 except BaseException as e:
@@ -240,6 +248,9 @@ def train_group(jobs: list[Job], group: dict) -> list:
                     continue
             trainers.append(trainer)
             members.append(j)
+            rngs.append(rng)
+            keepers.append(keeper)
+            hooks.append(job_hooks)
         if not members:
             return outcomes
         on_cpu = trainers[0].data.train_x.device.type == "cpu"
@@ -258,7 +269,12 @@ def train_group(jobs: list[Job], group: dict) -> list:
         group_trainer.fit(on_row, on_stop)
         for k in group_trainer.alive:
             j = members[k]
-            value = runs[j].record.summary()["final"]["val/acc"]
+            record = runs[j].record
+            with jobs[j].context():
+                record.facts["weights"] = keepers[k].save(
+                    record.run_dir, record.summary()["epochs_run"]
+                )
+            value = record.summary()["final"]["val/acc"]
             outcomes[j] = _settle(jobs[j], runs[j], None, value)
         return outcomes
     except (

@@ -72,6 +72,20 @@ class SchedulerConfig:
     gamma: float | None = None
 
 
+class SaveWeights(str, Enum):
+    auto = "auto"
+    best = "best"
+    final = "final"
+    both = "both"
+    none = "none"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = MISSING
+    min_delta: float = MISSING
+
+
 @dataclass
 class TrainerConfig:
     device: str = MISSING
@@ -85,6 +99,10 @@ class TrainerConfig:
     matmul_precision: MatmulPrecision = MISSING
     compile: bool = MISSING
     save_figures: str = MISSING
+    label_smoothing: float = MISSING
+    max_norm: float | None = MISSING
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    save_weights: SaveWeights = MISSING
 
 
 @dataclass

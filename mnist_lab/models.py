@@ -71,6 +71,8 @@ def init_linear(layer: nn.Linear, init: str, std: float, activation: str) -> Non
 class MLP(nn.Sequential):
     """in -> hidden_sizes... -> out, each hidden block Linear [-> BatchNorm] -> act [-> Dropout].
 
+    `input_dropout` > 0 puts a Dropout on the pixels first (Srivastava et al. 2014 use 0.2).
+
     With `head="log_softmax"` the last module is LogSoftmax and `log_probs` is true, so the
     trainer's loss is NLL (as in the second write-up); otherwise the model returns logits for
     cross-entropy.
@@ -83,12 +85,13 @@ class MLP(nn.Sequential):
         hidden_sizes: list[int],
         activation: str,
         dropout: float,
+        input_dropout: float,
         batch_norm: bool,
         init: str,
         init_std: float,
         head: str,
     ):
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
         width = in_features
         for size in hidden_sizes:
             linear = nn.Linear(width, size)
@@ -117,6 +120,7 @@ class MLPConfig:
     hidden_sizes: list[int] = MISSING
     activation: Activation = MISSING
     dropout: float = MISSING
+    input_dropout: float = MISSING
     batch_norm: bool = MISSING
     init: Init = MISSING
     init_std: float = MISSING
@@ -126,6 +130,7 @@ class MLPConfig:
     def check(cfg) -> None:
         check_layer_sizes("model.hidden_sizes", cfg.model.hidden_sizes)
         check_fraction("model.dropout", cfg.model.dropout)
+        check_fraction("model.input_dropout", cfg.model.input_dropout)
         check_positive("model.init_std", cfg.model.init_std)
 
 
@@ -170,6 +175,13 @@ def build_model(model_cfg, device: torch.device):
         cause = e.__cause__ or e
         raise ConfigError("model", keys.get("_target_"), f"{cause}") from e
     return model.to(device)
+
+
+def linear_weights(model) -> list[torch.Tensor]:
+    """The weight matrix of every linear layer (rows: a unit's incoming weights), for max-norm."""
+    if isinstance(model, nn.Module):
+        return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    return [linear.weight for linear in model.linears]  # the scratch model
 
 
 def count_parameters(model) -> int:

@@ -27,6 +27,8 @@ from mnist_lab.errors import OutputError
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
+# Trained weights (mnist_lab.weights writes them; result.json's `weights` names those that exist).
+WEIGHTS_FILES = {"best": "weights_best.pt", "final": "weights_final.pt"}
 METRICS_COLUMNS = (
     "epoch",
     "train/loss",
@@ -195,11 +197,7 @@ class RunRecord:
             "epochs_run": len(trained),
             "initial": {k: initial.get(k) for k in EVAL_KEYS},
             "final": {k: final.get(k) for k in METRIC_KEYS},
-            "best": {
-                "epoch": best.get("epoch"),
-                "val/acc": best.get("val/acc"),
-                "test/acc": best.get("test/acc"),
-            },
+            "best": {"epoch": best.get("epoch"), **{k: best.get(k) for k in EVAL_KEYS}},
             "train_seconds": sum(seconds),
             "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in self.rows),
             "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,

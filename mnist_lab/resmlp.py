@@ -1,6 +1,6 @@
 """A pre-norm residual MLP (`model=resmlp`): one YAML, this module and its test add a model.
 
-    x -> Linear(in, width) -> depth x [x + Linear(Dropout(act(Linear(LayerNorm(x)))))]
+    x -> [Dropout] -> Linear(in, width) -> depth x [x + Linear(Dropout(act(Linear(LayerNorm(x)))))]
       -> LayerNorm -> Linear(width, out)
 
 Pre-norm blocks keep the residual stream an identity path, so deeper stacks train with plain SGD
@@ -44,8 +44,10 @@ class ResMLP(nn.Module):
         expansion: int,
         activation: str,
         dropout: float,
+        input_dropout: float,
     ):
         super().__init__()
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.stem = nn.Linear(in_features, width)
         blocks = [
             ResidualBlock(width, width * expansion, activation, dropout) for _ in range(depth)
@@ -55,7 +57,7 @@ class ResMLP(nn.Module):
         self.head = nn.Linear(width, out_features)
 
     def forward(self, x):
-        return self.head(self.norm(self.blocks(self.stem(x))))
+        return self.head(self.norm(self.blocks(self.stem(self.input_dropout(x)))))
 
 
 @dataclass
@@ -68,9 +70,11 @@ class ResMLPConfig:
     expansion: int = MISSING
     activation: Activation = MISSING
     dropout: float = MISSING
+    input_dropout: float = MISSING
 
     @staticmethod
     def check(cfg) -> None:
         for key in ("width", "depth", "expansion"):
             check_positive(f"model.{key}", cfg.model[key])
         check_fraction("model.dropout", cfg.model.dropout)
+        check_fraction("model.input_dropout", cfg.model.input_dropout)

@@ -117,10 +117,14 @@ class SoftmaxCrossEntropy:
     confident mistake costs at most -log(floor) (13.8 for the lab's 1e-6). As in the lab, backward
     ignores the clamp: where p_true < floor the true gradient of the clamped loss is 0, but the step
     still uses (p - onehot)/B. So the floor changes the reported loss, never the training.
+
+    `label_smoothing` e > 0 replaces the one-hot target by (1 - e) onehot + e / K, as
+    torch.nn.functional.cross_entropy does; the gradient keeps its form, (p - target)/B.
     """
 
-    def __init__(self, prob_floor: float = 0.0):
+    def __init__(self, prob_floor: float = 0.0, label_smoothing: float = 0.0):
         self.prob_floor = prob_floor
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits, targets):
         # Subtracting the row max leaves softmax unchanged and keeps exp() from overflowing.
@@ -130,6 +134,9 @@ class SoftmaxCrossEntropy:
         self.probs = exp / total
         classes = torch.arange(logits.shape[-1], device=logits.device)
         self.onehot = (targets[..., None] == classes).to(logits.dtype)
+        if self.label_smoothing > 0:  # the target (1 - e) onehot + e / K; backward is unchanged
+            e = self.label_smoothing
+            self.onehot = self.onehot * (1 - e) + e / logits.shape[-1]
         if self.prob_floor > 0:
             log_probs = self.probs.clamp_min(self.prob_floor).log()
         else:  # log-softmax: exact even where a probability underflows to 0

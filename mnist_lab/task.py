@@ -40,6 +40,7 @@ from mnist_lab.trainer import (
     batch_plan,
 )
 from mnist_lab.validate import check_config, parse_switch, resolve_device
+from mnist_lab.weights import WeightKeeper, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,16 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
                 "trainer.compile applies to torch.nn models only; %s runs as is",
                 type(model).__name__,
             )
-        return ScratchLearner(model, lrs)
+        return ScratchLearner(model, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing)
     try:
         optimizer = instantiate(cfg.optimizer, params=model.parameters())
     except Exception as e:  # torch.optim refuses unknown or out-of-range settings
         cause = e.__cause__ or e
         raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
     compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
-    learner = AutogradLearner(model, optimizer, lrs, compile_batch)
+    learner = AutogradLearner(
+        model, optimizer, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing, compile_batch
+    )
     if capture:
         from mnist_lab.cuda_graph import prepare_optimizer
 
@@ -111,6 +114,8 @@ def train_settings(cfg: DictConfig, multirun: bool) -> TrainSettings:
         drop_last=cfg.data.drop_last,
         seed=cfg.trainer.seed,
         eval_batch_size=cfg.data.eval_batch_size,
+        patience=cfg.trainer.early_stopping.patience,
+        min_delta=cfg.trainer.early_stopping.min_delta,
         eval_every_epoch=cfg.trainer.eval_every_epoch,
         log_interval=cfg.trainer.log_interval,
         progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
@@ -154,7 +159,11 @@ def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
     trainer = build_trainer(cfg, multirun)
     model, data = trainer.learner.model, trainer.data
     record.facts.update(model_facts(model, data))
-    trainer.fit(epoch_hooks(cfg, record))
+    keeper = WeightKeeper(model, resolve_mode(cfg.trainer.save_weights.value, multirun))
+    trainer.fit([*epoch_hooks(cfg, record), keeper])
+    record.facts["stopped_early"] = trainer.stopped_early
+    # Written before the record says `completed`, so a record never names a missing file.
+    record.facts["weights"] = keeper.save(record.run_dir, record.summary()["epochs_run"])
     if trainer.graph is not None:
         record.facts["cuda_graph"] = trainer.graph.graph is not None
     figures = parse_switch("trainer.save_figures", cfg.trainer.save_figures)
@@ -190,6 +199,8 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
         "param_count": None,
         "device": None,
         "device_name": None,
+        "stopped_early": None,
+        "weights": None,  # {"best", "final"}: the weight files a completed run wrote
     }
 
 

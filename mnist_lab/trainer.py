@@ -8,6 +8,7 @@ cannot be captured, through `eager_epoch`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab.data import MnistTensors
+from mnist_lab.models import linear_weights
 from mnist_lab.records import EVAL_KEYS, METRIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,23 @@ class Learner:
 
     `step(x, y)` returns (mean loss, predicted classes) as device tensors. The rate may be a float
     or a 0-dim device tensor (the CUDA-graph path updates that tensor between replays).
+
+    `max_norm` (or None) bounds the L2 norm of every row of every linear weight matrix after each
+    update (Srivastava et al. 2014), in place and on the device, so a captured step includes it.
     """
 
-    def __init__(self, model, lrs: list[float]):
+    def __init__(self, model, lrs: list[float], max_norm: float | None):
         self.model = model
         self.lrs = lrs
         self.lr = lrs[0]
         self.scheduled = len(set(lrs)) > 1  # the rate changes between steps
+        self.max_norm = max_norm
+        self.constrained = linear_weights(model) if max_norm is not None else []
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        for weight in self.constrained:
+            weight.renorm_(2, 0, self.max_norm)
 
     def set_lr(self, lr) -> None:
         self.lr = lr
@@ -62,11 +74,26 @@ class AutogradLearner(Learner):
     (the last partial batch) stay uncompiled rather than trigger a second compilation.
     """
 
-    def __init__(self, model, optimizer, lrs: list[float], compile_batch=None):
-        super().__init__(model, lrs)
+    def __init__(
+        self,
+        model,
+        optimizer,
+        lrs: list[float],
+        max_norm: float | None,
+        label_smoothing: float,
+        compile_batch=None,
+    ):
+        super().__init__(model, lrs, max_norm)
         self.optimizer = optimizer
         # A model whose outputs are log-probabilities says so (mnist_lab.models.MLP.log_probs).
-        self.loss_fn = F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy
+        self.eval_fn = F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy
+        # Smoothing needs cross_entropy; on log-probabilities it equals NLL (log_softmax is
+        # idempotent), so it serves both heads. Evaluation stays plain, comparable across runs.
+        self.loss_fn = (
+            functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
+            if label_smoothing > 0
+            else self.eval_fn
+        )
         self.compile_batch = compile_batch
         self._compiled = torch.compile(self._forward_loss, dynamic=False) if compile_batch else None
 
@@ -85,10 +112,11 @@ class AutogradLearner(Learner):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.constrain()
         return loss.detach(), out.argmax(1)
 
     def eval_loss(self, out, y):
-        return self.loss_fn(out, y, reduction="sum")
+        return self.eval_fn(out, y, reduction="sum")
 
 
 @runtime_checkable
@@ -108,6 +136,10 @@ class OwnBackward(Protocol):
 class ScratchLearner(Learner):
     """A model with its own backward (`OwnBackward`): forward, backward, in-place SGD update."""
 
+    def __init__(self, model, lrs: list[float], max_norm: float | None, label_smoothing: float):
+        super().__init__(model, lrs, max_norm)
+        model.criterion.label_smoothing = label_smoothing
+
     def eval_loss(self, out, y):
         return self.model.loss(out, y) * len(y)  # the lab's loss, its probability floor included
 
@@ -115,6 +147,7 @@ class ScratchLearner(Learner):
         logits = self.model.forward(x)
         loss = self.model.loss_and_backward(logits, y)
         self.model.sgd_step(self.lr)
+        self.constrain()
         return loss, logits.argmax(1)
 
 
@@ -175,9 +208,35 @@ class TrainSettings:
     drop_last: bool
     seed: int
     eval_batch_size: int
+    patience: int | None  # early stopping: epochs without val/acc gain; None = off
+    min_delta: float  # the gain over the best val/acc so far that counts as improvement
     eval_every_epoch: bool
     log_interval: int
     progress: bool
+
+
+class EarlyStopping:
+    """Stops once val/acc has not beaten its best by more than `min_delta` for `patience` epochs.
+
+    Fed the host float the evaluation already returned: it adds no device synchronisation.
+    """
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_epoch, self.waited = -math.inf, 0, 0
+
+    def update(self, epoch: int, val_acc: float) -> str | None:
+        """None to go on, else why training stops after this epoch."""
+        if val_acc > self.best + self.min_delta:
+            self.best, self.best_epoch, self.waited = val_acc, epoch, 0
+            return None
+        self.waited += 1
+        if self.waited < self.patience:
+            return None
+        return (
+            f"val/acc did not improve by more than {self.min_delta:g} for {self.patience} "
+            f"epoch(s) after epoch {self.best_epoch} ({self.best:.4f})"
+        )
 
 
 class Trainer:
@@ -188,6 +247,7 @@ class Trainer:
         self.graph = graph  # a mnist_lab.cuda_graph.GraphEpoch, or None for eager steps
         self.plan = batch_plan(data.n_train, settings.batch_size, settings.drop_last)
         self._order = torch.Generator().manual_seed(settings.seed)
+        self.stopped_early: dict | None = None  # {"epoch", "reason"} once early stopping ends it
 
     @property
     def has_val(self) -> bool:
@@ -234,11 +294,19 @@ class Trainer:
         return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen}
 
     def fit(self, hooks: list[EpochHook]) -> None:
-        """Epoch 0 (before training), then each epoch; hooks see every row. Raises Diverged."""
+        """Epoch 0 (before training), then each epoch; hooks see every row. Raises Diverged.
+
+        The row of the last epoch that runs (the configured last, a diverged one, or the one
+        early stopping ends on) carries `last_epoch: True`, so a hook never acts on a next epoch
+        (the Optuna reporter does not prune a trial that is ending anyway).
+        """
         row = {"epoch": 0, "train/loss": math.nan, "train/acc": math.nan, "lr": math.nan}
         row.update(self._timed_evaluate())
         row["seconds"] = 0.0
         self._emit(row, hooks)
+        stopper = None
+        if self.settings.patience is not None:
+            stopper = EarlyStopping(self.settings.patience, self.settings.min_delta)
         for epoch in range(1, self.settings.epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
@@ -254,6 +322,8 @@ class Trainer:
                 ["val/loss", "val/acc"] if evaluated and self.has_val else []
             )
             bad = [k for k in checked if not math.isfinite(row[k])]
+            stop = None if stopper is None or bad else stopper.update(epoch, row["val/acc"])
+            row["last_epoch"] = epoch == self.settings.epochs or bool(bad) or stop is not None
             try:
                 self._emit(row, hooks)
             except Exception:
@@ -261,6 +331,10 @@ class Trainer:
                     raise  # else a hook judging the epoch (a pruner) must not hide the divergence
             if bad:
                 raise Diverged(f"{bad[0]} became {row[bad[0]]} in epoch {epoch}")
+            if stop is not None:
+                self.stopped_early = {"epoch": epoch, "reason": stop}
+                log.info("early stopping after epoch %d: %s", epoch, stop)
+                return
 
     def _timed_evaluate(self) -> dict:
         start = time.perf_counter()

@@ -117,7 +117,9 @@ def epoch_reporter(epochs: int) -> Reporter | None:
         if epoch < 1 or value is None or not math.isfinite(value):
             return
         trial.report(float(value), step=epoch)
-        if epoch < epochs and trial.should_prune():
+        # No decision after the last epoch that runs: the configured last, or the one early
+        # stopping ends on (the trainer flags it); such a trial is complete.
+        if epoch < epochs and not metrics.get("last_epoch") and trial.should_prune():
             raise optuna.TrialPruned(
                 f"pruned by {pruner_name} after epoch {epoch} (val/acc {value:.4f})"
             )

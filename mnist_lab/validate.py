@@ -86,6 +86,7 @@ def check_config(cfg) -> None:
         raise ConfigError("trainer.log_interval", trainer.log_interval, "must be >= 0")
     for key in ("progress", "cuda_graph", "save_figures"):
         parse_switch(f"trainer.{key}", trainer[key])
+    _check_regularisation(trainer, data)
     if not 0 <= data.val_size < TRAIN_SIZE:
         raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
     available = TRAIN_SIZE - data.val_size
@@ -97,3 +98,26 @@ def check_config(cfg) -> None:
             "batch_size", data.batch_size, f"must be in [1, {n_train}] (the training split's size)"
         )
     check_positive("data.eval_batch_size", data.eval_batch_size)
+
+
+def _check_regularisation(trainer, data) -> None:
+    """Label smoothing, max-norm and early stopping: ranges, and what early stopping needs."""
+    check_fraction("trainer.label_smoothing", trainer.label_smoothing)
+    if trainer.max_norm is not None:
+        check_positive("trainer.max_norm", trainer.max_norm)
+    stopping = trainer.early_stopping
+    if stopping.min_delta < 0:
+        raise ConfigError("trainer.early_stopping.min_delta", stopping.min_delta, "must be >= 0")
+    if stopping.patience is None:
+        return
+    check_positive("trainer.early_stopping.patience", stopping.patience)
+    if data.val_size == 0:
+        raise ConfigError(
+            "trainer.early_stopping.patience", stopping.patience, "needs data.val_size > 0"
+        )
+    if not trainer.eval_every_epoch:
+        raise ConfigError(
+            "trainer.early_stopping.patience",
+            stopping.patience,
+            "needs trainer.eval_every_epoch=true",
+        )

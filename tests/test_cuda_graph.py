@@ -57,6 +57,21 @@ CASES = {
     "resmlp-adam": ["model=resmlp", "optimizer=adam", "lr=0.001", "model.dropout=0.1"],
     "log-interval": ["trainer.log_interval=50"],
     "compile-partial-batch": ["trainer.compile=true", "batch_size=64"],
+    "regularised-sgd-nesterov-cosine": [
+        "model.input_dropout=0.2",
+        "model.dropout=0.3",
+        "trainer.label_smoothing=0.1",
+        "trainer.max_norm=1.0",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        "scheduler=cosine",
+    ],
+    "scratch-max-norm-smoothing": [
+        "model=scratch",
+        "model.init_std=0.1",
+        "trainer.max_norm=1.0",
+        "trainer.label_smoothing=0.1",
+    ],
 }
 
 
@@ -73,3 +88,22 @@ def test_graph_matches_eager(case):
     assert graph["train/loss"] == pytest.approx(eager["train/loss"], rel=0.1)
     assert graph["val/acc"] == pytest.approx(eager["val/acc"], abs=0.01)
     assert graph["test/acc"] == pytest.approx(eager["test/acc"], abs=0.01)
+
+
+@needs_cuda
+def test_best_weights_are_kept_from_the_captured_parameters(tmp_path):
+    """The best epoch's copy reads the tensors the graph updates: it equals what that epoch saw."""
+    from mnist_lab.trainer import evaluate
+    from mnist_lab.weights import WeightKeeper, load_state
+
+    trainer = build_trainer(_cfg(["trainer.device=cuda", "trainer.cuda_graph=on", "epochs=3"]))
+    keeper = WeightKeeper(trainer.learner.model, "both")
+    rows = []
+    trainer.fit([lambda epoch, row: rows.append(row), keeper])
+    assert trainer.graph.graph is not None
+    files = keeper.save(tmp_path, final_epoch=3)
+    best = max(rows[1:], key=lambda r: r["val/acc"])
+    trainer.learner.model.load_state_dict(load_state(tmp_path / files["best"], "cuda"))
+    data = trainer.data
+    _, acc = evaluate(trainer.learner, data.val_x, data.val_y, 10_000)
+    assert acc == best["val/acc"]

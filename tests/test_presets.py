@@ -39,7 +39,7 @@ def _compose(overrides, hydra_config=False):
 
 
 def test_every_preset_has_a_recipe_check():
-    assert set(PRESETS) == set(RECIPES) | {"lab_grid"}
+    assert set(PRESETS) == set(RECIPES) | {"lab_grid", "mlp_strong"}
 
 
 @pytest.mark.parametrize("preset", sorted(RECIPES))
@@ -100,3 +100,31 @@ def test_lab_grid_sweeps_its_eight_rows_over_three_seeds():
         (1024, 0.01, 128, 30): 0.938,
         (1024, 0.1, 16, 20): 0.965,
     }
+
+
+def test_strong_mlp_preset_is_a_regularised_plain_mlp_that_trains():
+    cfg = _compose(["experiment=mlp_strong"])
+    assert list(cfg.model.hidden_sizes) == [1024, 1024] and not cfg.model.batch_norm
+    assert (cfg.model.input_dropout, cfg.model.dropout) == (0.1, 0.3)
+    assert (cfg.trainer.label_smoothing, cfg.trainer.max_norm) == (0.1, 3.5)
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov
+    assert cfg.scheduler.name.value == "cosine" and cfg.data.val_size > 0
+    assert "Srivastava" in cfg.preset.source and "Simard" in cfg.preset.source
+    trainer = build_trainer(
+        _compose(
+            ["experiment=mlp_strong", "data.train_subset=1000", "epochs=1", "trainer.device=cpu"]
+        )
+    )
+    rows = []
+    trainer.fit([lambda epoch, row: rows.append(row)])
+    assert math.isfinite(rows[-1]["train/loss"]) and rows[-1]["test/acc"] > 0.5
+    for weight in trainer.learner.constrained:
+        assert weight.norm(dim=1).max().item() <= 3.5 * (1 + 1e-5)
+
+
+def test_regularisation_search_runs_the_strong_preset_over_its_knobs():
+    cfg = _compose(["hparams_search=mlp_regularised"], hydra_config=True)
+    assert list(cfg.model.hidden_sizes) == [1024, 1024]  # the preset's network
+    params = set(cfg.hydra.sweeper.params)
+    assert {"model.input_dropout", "model.dropout", "trainer.label_smoothing"} <= params
+    assert {"trainer.max_norm", "optimizer.weight_decay", "lr"} <= params

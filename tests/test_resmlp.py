@@ -21,7 +21,9 @@ QUICK = ["data.train_subset=1000", "batch_size=100", "epochs=1", "trainer.device
 
 
 def resmlp(**keys) -> ResMLP:
-    settings = dict(width=32, depth=3, expansion=2, activation="relu", dropout=0.0)
+    settings = dict(
+        width=32, depth=3, expansion=2, activation="relu", dropout=0.0, input_dropout=0.0
+    )
     return ResMLP(784, 10, **{**settings, **keys})
 
 

@@ -101,9 +101,11 @@ def test_one_epoch_run_on_real_mnist(run_cli):
     assert result["epochs_run"] == 1
     assert result["final"]["test/acc"] == float(last["test/acc"])
     assert result["final"]["val/acc"] == float(last["val/acc"])
-    assert result["best"] == {
+    assert result["best"] == {  # losses too, so a saved model's evaluation can be compared
         "epoch": 1,
+        "val/loss": result["final"]["val/loss"],
         "val/acc": result["final"]["val/acc"],
+        "test/loss": result["final"]["test/loss"],
         "test/acc": result["final"]["test/acc"],
     }
     assert result["initial"]["test/acc"] == float(rows[0]["test/acc"])

@@ -48,9 +48,14 @@ def scratch_mlp(in_features, hidden_sizes, out_features, *args, **kwargs) -> Scr
     return ScratchMLP(in_features, hidden_sizes, out_features, **values)
 
 
+TRAINER_VALUES = OmegaConf.load(REPO / "conf" / "trainer" / "default.yaml")
+
+
 def train_step(model, x, y, lr):
-    """One step as the trainer takes it (`ScratchLearner.step`); returns its mean loss."""
-    return ScratchLearner(model, [lr]).step(x, y)[0]
+    """One step as the trainer takes it (`ScratchLearner.step`, the trainer's default knobs);
+    returns its mean loss."""
+    knobs = (TRAINER_VALUES.max_norm, TRAINER_VALUES.label_smoothing)
+    return ScratchLearner(model, [lr], *knobs).step(x, y)[0]
 
 
 def autograd_reference(model: ScratchMLP, x, y, prob_floor: float):

@@ -41,7 +41,9 @@ STEPS = 4
 def learner(seed, opt, kw, activation="relu", dropout=0.0, head="logits", lrs=None):
     torch.manual_seed(seed)
     model = MLP(784, 10, [16, 12], activation, dropout, False, "default", 0.01, head).double()
-    return AutogradLearner(model, opt(model.parameters(), **kw), lrs or [kw["lr"]] * STEPS)
+    return AutogradLearner(
+        model, opt(model.parameters(), **kw), lrs or [kw["lr"]] * STEPS, None, 0.0
+    )
 
 
 def batches(k, seed=0):
@@ -108,7 +110,7 @@ def test_scratch_model_joins_with_its_floor():
     def make(seed, lr):
         torch.manual_seed(seed)
         model = ScratchMLP(784, [16], 10, "relu", "normal", 1.0, 1e-6, dtype=torch.float64)
-        return ScratchLearner(model, [lr] * STEPS)
+        return ScratchLearner(model, [lr] * STEPS, None, 0.0)
 
     singles, members = [make(0, 0.01), make(1, 0.02)], [make(0, 0.01), make(1, 0.02)]
     stack = stacked.stack(members)
@@ -152,7 +154,12 @@ def test_what_cannot_join_is_refused():
     torch.manual_seed(0)
     bn = MLP(784, 10, [16], "relu", 0.0, True, "default", 0.01, "logits")
     plain = MLP(784, 10, [16], "relu", 0.0, False, "default", 0.01, "logits")
-    assert stacked.member_of(AutogradLearner(bn, SGD(bn.parameters(), lr=0.1), [0.1])) is None
+    assert (
+        stacked.member_of(AutogradLearner(bn, SGD(bn.parameters(), lr=0.1), [0.1], None, 0.0))
+        is None
+    )
     for opt in (torch.optim.RMSprop(plain.parameters()), ADAM(plain.parameters(), amsgrad=True)):
-        assert stacked.member_of(AutogradLearner(plain, opt, [0.1])) is None
-    assert stacked.member_of(AutogradLearner(plain, SGD(plain.parameters(), lr=0.1), [0.1]))
+        assert stacked.member_of(AutogradLearner(plain, opt, [0.1], None, 0.0)) is None
+    assert stacked.member_of(
+        AutogradLearner(plain, SGD(plain.parameters(), lr=0.1), [0.1], None, 0.0)
+    )

@@ -264,7 +264,13 @@ def test_best_is_chosen_on_validation_not_test(tmp_path):
     for r in [row(0, 0.1, 0.1), row(1, 0.90, 0.99), row(2, 0.95, 0.91), row(3, 0.93, 0.97)]:
         record.add_epoch(r["epoch"], r)
     summary = record.summary()
-    assert summary["best"] == {"epoch": 2, "val/acc": 0.95, "test/acc": 0.91}
+    assert summary["best"] == {
+        "epoch": 2,
+        "val/loss": 0.3,
+        "val/acc": 0.95,
+        "test/loss": 0.3,
+        "test/acc": 0.91,
+    }
     assert summary["final"]["val/acc"] == 0.93 and summary["final"]["test/acc"] == 0.97
     assert summary["initial"]["val/acc"] == 0.1
     assert summary["epochs_run"] == 3
@@ -279,7 +285,13 @@ def test_best_without_validation_is_the_last_epoch(tmp_path):
     assert best["epoch"] == 2 and best["test/acc"] == 0.8 and math.isnan(best["val/acc"])
     record.finish("completed")
     result = no_nan_json(tmp_path / "result.json")
-    assert result["best"] == {"epoch": 2, "val/acc": None, "test/acc": 0.8}
+    assert result["best"] == {
+        "epoch": 2,
+        "val/loss": 0.3,
+        "val/acc": None,
+        "test/loss": 0.3,
+        "test/acc": 0.8,
+    }
 
 
 def test_nan_becomes_null_and_record_files_follow_the_contract(tmp_path):

@@ -1,5 +1,6 @@
 """The end of a study: the best trial (or, for several objectives, the Pareto front) printed and
-written to `optimization_results.yaml` in the sweep folder, each with a command that retrains it.
+written to `optimization_results.yaml` in the sweep folder, each with a command that retrains it
+and, when its run saved them, its best-validation weights and the command that evaluates them.
 
 The file has the keys of Hydra's official Optuna sweeper (`name`, `best_params`, `best_value`; for
 several objectives `solutions`, each with `params` and `values`) plus ours beside them.
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab.optuna_study import display_url
-from mnist_lab.records import atomic_write_text
+from mnist_lab.records import atomic_write_text, read_record
 
 from ._search_space import shell_quote
 from ._telling import params_text
@@ -42,6 +43,22 @@ def retrain_command(trial: FrozenTrial, config: DictConfig) -> str | None:
     return " ".join(map(shell_quote, argv))
 
 
+def saved_weights(trial: FrozenTrial) -> str | None:
+    """The best-validation weights file the trial's run wrote (its record's `weights.best`)."""
+    run_dir = trial.user_attrs.get("run_dir")
+    record = read_record(Path(run_dir), warn=False) if run_dir else None
+    name = ((record or {}).get("weights") or {}).get("best")
+    return str(Path(run_dir) / name) if name else None
+
+
+def evaluate_command(trial: FrozenTrial) -> str | None:
+    """`python experiments/evaluate.py RUN_DIR`, when the task's entry point has that sibling."""
+    evaluate = Path(sys.argv[0] or "experiments/run.py").with_name("evaluate.py")
+    if not evaluate.is_file():
+        return None
+    return " ".join(map(shell_quote, ["python", str(evaluate), trial.user_attrs["run_dir"]]))
+
+
 def describe(trial: FrozenTrial, config: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"number": trial.number}
     if len(trial.values or []) > 1:
@@ -53,7 +70,20 @@ def describe(trial: FrozenTrial, config: DictConfig) -> dict[str, Any]:
     command = retrain_command(trial, config)
     if command:
         out["retrain"] = command
+    weights = saved_weights(trial)
+    if weights:
+        out["weights"] = weights
+        out["evaluate"] = evaluate_command(trial)
     return out
+
+
+def saved_model_lines(best: dict, indent: str) -> str:
+    if not best.get("weights"):
+        return ""
+    lines = f"\n{indent}weights: {best['weights']}"
+    if best.get("evaluate"):
+        lines += f"\n{indent}evaluate: {best['evaluate']}"
+    return lines
 
 
 def report(
@@ -91,13 +121,14 @@ def report(
         best = describe(study.best_trial, config)
         result.update(best_value=best["value"], best_params=best["params"], best_trial=best)
         log.info(
-            "Best trial %d of study %r: value %.6g (%s)\n  run dir: %s\n  retrain: %s",
+            "Best trial %d of study %r: value %.6g (%s)\n  run dir: %s\n  retrain: %s%s",
             best["number"],
             study.study_name,
             best["value"],
             params_text(best["params"]),
             best.get("run_dir"),
             best.get("retrain"),
+            saved_model_lines(best, "  "),
         )
     else:
         solutions = [describe(t, config) for t in study.best_trials]
@@ -105,12 +136,13 @@ def report(
         log.info("Pareto front of study %r (%d trials):", study.study_name, len(solutions))
         for best in solutions:
             log.info(
-                "  trial %d: values %s (%s)\n    run dir: %s\n    retrain: %s",
+                "  trial %d: values %s (%s)\n    run dir: %s\n    retrain: %s%s",
                 best["number"],
                 best["values"],
                 params_text(best["params"]),
                 best.get("run_dir"),
                 best.get("retrain"),
+                saved_model_lines(best, "    "),
             )
     path = Path(str(config.hydra.sweep.dir)) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,8 @@
+"""Evaluate a saved run, or classify digit images with it: `python experiments/evaluate.py -h`."""
+
+import sys
+
+from mnist_lab.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main())
