@@ -76,8 +76,8 @@ def _sequential_member(model: nn.Module) -> tuple | None:
             if isinstance(layer, nn.GELU) and layer.approximate != "none":
                 return None
             acts.add(NN_ACTIVATIONS[type(layer)])
-        elif type(layer) is nn.Dropout:
-            dropouts.add(layer.p)
+        elif type(layer) is nn.Dropout and i > 0 and type(layers[i - 1]) in NN_ACTIVATIONS:
+            dropouts.add(layer.p)  # after a hidden activation (input dropout is not stacked)
         elif type(layer) is nn.LogSoftmax and i == len(layers) - 1 and layer.dim in (1, -1):
             log_probs = True
         else:  # batch norm, layer norm, anything else: not this engine's maths
@@ -97,7 +97,11 @@ def _sequential_member(model: nn.Module) -> tuple | None:
 def member_of(learner: Learner) -> Member | None:
     """The learner's model and optimizer as a stack member; None if the engine cannot train it."""
     model = learner.model
+    if learner.max_norm is not None:
+        return None
     if isinstance(learner, ScratchLearner) and isinstance(model, scratch.ScratchMLP):
+        if model.criterion.label_smoothing:
+            return None
         linears = model.linears
 
         def rebind(tensors):
@@ -108,6 +112,8 @@ def member_of(learner: Learner) -> Member | None:
         hyper = dict(momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0)
         return Member(shape, model.parameters(), 0.0, hyper, rebind)
     if not isinstance(learner, AutogradLearner) or learner.compile_batch:
+        return None
+    if learner.loss_fn is not learner.eval_fn:  # label smoothing
         return None
     described = _sequential_member(model)
     optimizer = learner.optimizer
@@ -153,7 +159,7 @@ class StackedLearner(Learner):
         ref = members[0].params[0]
         self.device, self.dtype = ref.device, ref.dtype
         lrs = torch.tensor([lrn.lrs for lrn in learners], dtype=self.dtype).T.contiguous()
-        super().__init__(self.models[0], lrs.to(self.device))
+        super().__init__(self.models[0], lrs.to(self.device), None)  # max_norm: not stacked
         self.scheduled = any(lrn.scheduled for lrn in learners)
         self.lr = self.lrs[0].clone()
         self.params = [

@@ -40,7 +40,7 @@ STEPS = 4
 
 def learner(seed, opt, kw, activation="relu", dropout=0.0, head="logits", lrs=None):
     torch.manual_seed(seed)
-    model = MLP(784, 10, [16, 12], activation, dropout, False, "default", 0.01, head).double()
+    model = MLP(784, 10, [16, 12], activation, dropout, 0.0, False, "default", 0.01, head).double()
     return AutogradLearner(
         model, opt(model.parameters(), **kw), lrs or [kw["lr"]] * STEPS, None, 0.0
     )
@@ -152,8 +152,8 @@ def test_a_dropped_member_freezes_and_the_others_are_unchanged():
 
 def test_what_cannot_join_is_refused():
     torch.manual_seed(0)
-    bn = MLP(784, 10, [16], "relu", 0.0, True, "default", 0.01, "logits")
-    plain = MLP(784, 10, [16], "relu", 0.0, False, "default", 0.01, "logits")
+    bn = MLP(784, 10, [16], "relu", 0.0, 0.0, True, "default", 0.01, "logits")
+    plain = MLP(784, 10, [16], "relu", 0.0, 0.0, False, "default", 0.01, "logits")
     assert (
         stacked.member_of(AutogradLearner(bn, SGD(bn.parameters(), lr=0.1), [0.1], None, 0.0))
         is None
