@@ -34,7 +34,7 @@ from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model
 from mnist_lab.records import EVAL_KEYS
 from mnist_lab.task import RecordedRun, build_learner, build_trainer, epoch_hooks, model_facts
-from mnist_lab.trainer import Diverged, Trainer, eager_epoch, log_epoch
+from mnist_lab.trainer import Diverged, Trainer, divergence, eager_epoch, log_epoch
 from mnist_lab.validate import check_config, parse_switch, resolve_device
 from mnist_lab.weights import WeightKeeper, resolve_mode
 
@@ -160,7 +160,7 @@ class GroupTrainer:
                 {"epoch": 0, "train/loss": nan, "train/acc": nan, "lr": nan, **r, "seconds": 0.0}
                 for r in initial
             ],
-            [False] * len(initial),
+            [None] * len(initial),
             on_row,
             on_stop,
         )
@@ -175,23 +175,29 @@ class GroupTrainer:
             diverged = [not math.isfinite(loss) for loss in losses]
             evaluate = [s.eval_every_epoch or epoch == s.epochs or d for d in diverged]
             evals = self._evaluate() if any(evaluate) else None
-            rows = []
+            rows, whys = [], []
             for i in range(len(self.alive)):
                 row = {"epoch": epoch, "train/loss": losses[i], "train/acc": accs[i], "lr": lrs[i]}
                 row["seconds"] = seconds
                 row.update(evals[i] if evaluate[i] else dict.fromkeys(EVAL_KEYS, nan))
+                why = divergence(row, evaluate[i], len(self.data.val_y) > 0)
+                row["last_epoch"] = epoch == s.epochs or why is not None
                 rows.append(row)
-            self._emit(rows, diverged, on_row, on_stop)
+                whys.append(why)
+            self._emit(rows, whys, on_row, on_stop)
 
-    def _emit(self, rows, diverged, on_row, on_stop) -> None:
+    def _emit(self, rows, whys, on_row, on_stop) -> None:
+        """Hands each member its row; a member whose row diverged, or whose hook raised, stops."""
         keep = []
-        for i, (k, row) in enumerate(zip(self.alive, rows, strict=True)):
+        for i, (k, row, why) in enumerate(zip(self.alive, rows, whys, strict=True)):
             try:
-                on_row(k, row)
-                if diverged[i]:
-                    raise Diverged(
-                        f"training loss became {row['train/loss']} in epoch {row['epoch']}"
-                    )
+                try:
+                    on_row(k, row)
+                except Exception:
+                    if why is None:
+                        raise  # else, as in Trainer.fit, the divergence is what ends the member
+                if why is not None:
+                    raise Diverged(why)
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # pruned, diverged, or a hook that failed: this member only
@@ -277,9 +283,8 @@ def train_group(jobs: list[Job], group: dict) -> list:
             value = record.summary()["final"]["val/acc"]
             outcomes[j] = _settle(jobs[j], runs[j], None, value)
         return outcomes
-    except (
-        BaseException
-    ) as e:  # Ctrl-C, or a fault of the shared step: every member's record says so
+    # Ctrl-C, or a fault of the shared step: every member's record says so.
+    except BaseException as e:
         if not isinstance(e, KeyboardInterrupt):
             log.error("batched training failed: %s", e, exc_info=True)
         for j, run in enumerate(runs):

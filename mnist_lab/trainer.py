@@ -318,19 +318,16 @@ class Trainer:
                 row.update(self._timed_evaluate())
             else:
                 row.update(dict.fromkeys(EVAL_KEYS, math.nan))
-            checked = ["train/loss"] + (
-                ["val/loss", "val/acc"] if evaluated and self.has_val else []
-            )
-            bad = [k for k in checked if not math.isfinite(row[k])]
-            stop = None if stopper is None or bad else stopper.update(epoch, row["val/acc"])
-            row["last_epoch"] = epoch == self.settings.epochs or bool(bad) or stop is not None
+            why = divergence(row, evaluated, self.has_val)
+            stop = None if stopper is None or why else stopper.update(epoch, row["val/acc"])
+            row["last_epoch"] = epoch == self.settings.epochs or why is not None or stop is not None
             try:
                 self._emit(row, hooks)
             except Exception:
-                if not bad:
+                if why is None:
                     raise  # else a hook judging the epoch (a pruner) must not hide the divergence
-            if bad:
-                raise Diverged(f"{bad[0]} became {row[bad[0]]} in epoch {epoch}")
+            if why is not None:
+                raise Diverged(why)
             if stop is not None:
                 self.stopped_early = {"epoch": epoch, "reason": stop}
                 log.info("early stopping after epoch %d: %s", epoch, stop)
@@ -347,6 +344,14 @@ class Trainer:
         log_epoch(row)
         for hook in hooks:
             hook(row["epoch"], row)
+
+
+def divergence(row: dict, evaluated: bool, has_val: bool) -> str | None:
+    """Why an epoch's row means the run diverged, or None: a non-finite training loss, or a
+    non-finite validation loss or accuracy where they were measured. One rule for every loop."""
+    checked = ["train/loss"] + (["val/loss", "val/acc"] if evaluated and has_val else [])
+    bad = [k for k in checked if not math.isfinite(row[k])]
+    return f"{bad[0]} became {row[bad[0]]} in epoch {row['epoch']}" if bad else None
 
 
 def log_epoch(row: dict) -> None:
