@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mnist_lab import signals
 from mnist_lab.config import REPO_ROOT
 from mnist_lab.data import MnistTensors
 from mnist_lab.errors import LabError
@@ -162,6 +163,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signals.install()
     try:
         args = parse(argv)
         run_dir = args.run_dir
@@ -185,4 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line and 130 / 143, as run.py
+        _, code = signals.stop_status(e)
+        print(f"evaluate: stopped by {'SIGTERM' if code == 143 else 'SIGINT'}", file=sys.stderr)
+        return code
     return 0

@@ -19,6 +19,7 @@ from mnist_lab.models import build_model
 from mnist_lab.predict import is_dark_on_light, read_gray, to_mnist
 from mnist_lab.records import WEIGHTS_FILES
 from mnist_lab.saved_run import open_run
+from mnist_lab.signals import Terminated
 
 RUN_PY = REPO_ROOT / "experiments" / "run.py"
 EVALUATE_PY = REPO_ROOT / "experiments" / "evaluate.py"
@@ -242,3 +243,17 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
         proc.stderr
         == f"evaluate: error: {tmp_path / 'nothing'} is not a run folder (no result.json)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "name"),
+    [(KeyboardInterrupt("SIGINT"), 130, "SIGINT"), (Terminated("SIGTERM"), 143, "SIGTERM")],
+)
+def test_a_stopped_evaluation_says_so_in_one_line(monkeypatch, capsys, tmp_path, error, code, name):
+    def stopped(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("mnist_lab.evaluate.open_run", stopped)
+    assert main([str(tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"evaluate: stopped by {name}"]
