@@ -238,7 +238,7 @@ def train_group(jobs: list[Job], group: dict) -> list:
                 runs[j] = run = RecordedRun(job.cfg, **facts)
                 try:
                     check_knobs(job.cfg, run.record.facts.get("overrides", []))
-                    trainer = build_trainer(job.cfg, multirun=True)
+                    trainer = build_trainer(job.cfg, multirun=True, stackable=True)
                     # The single run's dropout masks come from the global generator after the model
                     # was built: each member continues that stream in a generator of its own.
                     rng = torch.Generator().set_state(torch.get_rng_state())

