@@ -4,7 +4,9 @@ CPU row: the 16-job grid `-m lr=0.005,0.01,0.02,0.05 seed=0,1,2,3 epochs=2 train
 (784-128-10, SGD, batch 32), once with Hydra's basic launcher (one job after another) and once
 with `hydra/launcher=batched` (one stack of 16), through the real CLI: wall time includes process
 start, composition, data load, evaluation and records. GPU row: 16-64 trials of 784-1024-10 at
-batch 128, printed as "to measure" where no CUDA device is available.
+batch 128, printed as "to measure" where no CUDA device is available. On the CPU a third row runs
+the basic launcher with `trainer.backward=autograd`: its jobs trained by autograd + torch.optim,
+as every single run was before the hand-written step became the CPU default.
 
 Usage: python benchmarks/batched_sweep.py [--epochs 2] [--gpu-trials 32]
 """
@@ -47,13 +49,16 @@ def main() -> None:
         rows.append((f"GPU {n} x 784-1024-10 b128", [*gpu, "trainer.device=cuda"], n))
     for setting, task, jobs in rows:
         base = None
-        for launcher in ("basic", "batched"):
-            wall, rate, acc = measure(
-                setting, task, [f"hydra/launcher={launcher}"], jobs * args.epochs, jobs
+        variants = [("basic", ["hydra/launcher=basic"]), ("batched", ["hydra/launcher=batched"])]
+        if "trainer.device=cpu" in task:  # the basic launcher's jobs as autograd trained them
+            variants.append(
+                ("basic, autograd", ["hydra/launcher=basic", "trainer.backward=autograd"])
             )
+        for label, launcher in variants:
+            wall, rate, acc = measure(setting, task, launcher, jobs * args.epochs, jobs)
             base = base or rate
             print(
-                f"| {setting} | {launcher} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x "
+                f"| {setting} | {label} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x "
                 f"| {acc:.4f} |",
                 flush=True,
             )

@@ -5,7 +5,9 @@ with 0.1307/0.3081, all 60,000 training images (no validation split, so both sid
 
   baseline   torchvision MNIST + ToTensor/Normalize/flatten transforms + DataLoader, the loop
              written the way the write-ups in shared/seeds write it (loss.item() every step)
-  eager      the harness: resident normalised tensors, batches cut by index, eager steps
+  eager      the harness: resident normalised tensors, batches cut by index, eager steps (on the
+             CPU by default the hand-written step of mnist_lab.stacked: trainer.backward=auto)
+  eager, autograd  the same with trainer.backward=autograd (autograd + torch.optim; CPU only)
   graph      the harness on CUDA: the same step captured as a CUDA graph (trainer.cuda_graph=auto)
   graph+fused  the same with torch.optim.SGD(fused=True)
   graph+compile  the same with trainer.compile=true (torch.compile of forward + loss; the first
@@ -98,7 +100,7 @@ def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[flo
         start = time.perf_counter()
         last = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
         times.append(time.perf_counter() - start)
-    note = f"train/acc {last['train/acc']:.4f}"
+    note = f"{trainer.learner.backward} step; train/acc {last['train/acc']:.4f}"
     if runner is not None and runner.failed:
         note += f"; capture failed: {runner.failed}"
     return times, note
@@ -123,6 +125,9 @@ def main() -> None:
 
     rows = [("baseline", baseline_epochs(device, args.epochs, args.baseline_batches), "")]
     rows.append(("eager", *harness_epochs(args.device, args.epochs, "trainer.cuda_graph=off")))
+    if device.type == "cpu":  # `eager` above is the default: the hand-written step on the CPU
+        autograd = (args.device, args.epochs, "trainer.backward=autograd")
+        rows.append(("eager, autograd", *harness_epochs(*autograd)))
     if device.type == "cuda":
         graph = (args.device, args.epochs, "trainer.cuda_graph=auto")
         rows.append(("graph", *harness_epochs(*graph)))

@@ -28,6 +28,8 @@ QUICK = [
 
 def train_rows(job_config, tmp_path, name, overrides=(), spy=None, monkeypatch=None):
     """Run `mnist_lab.task.train` in-process; returns (returned value, epoch rows, record)."""
+    if spy is not None:  # a forward hook: it sees the batches where the module's forward runs
+        overrides = [*overrides, "trainer.backward=autograd"]  # (eager_epoch cuts them for both)
     cfg = job_config([*QUICK, *overrides], output_dir=tmp_path / name)
     if spy is not None:
         build = task.build_model
