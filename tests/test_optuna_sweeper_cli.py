@@ -301,3 +301,35 @@ def test_two_worker_processes_one_with_joblib_share_a_study(tmp_path):
     assert {t.user_attrs["worker"]["pid"] for t in trials} == {w.pid for w in workers}
     # the sweeper's batch follows the joblib launcher's n_jobs: two trials per launch
     assert "Joblib.Parallel(n_jobs=2" in outputs[0] and "\t#1 : " in outputs[0]
+
+
+def test_the_regularised_search_starts_from_the_preset_once(tmp_path):
+    """`hparams_search=mlp_regularised` enqueues the preset's recipe as its first trial, and a
+    resumed study does not run that trial again; an enqueued key outside the search space is
+    refused in one line."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    common = ["-m", "hparams_search=mlp_regularised", "data.train_subset=300", "epochs=1",
+              "trainer.device=cpu", "hidden=16", "model.dropout=0.25",
+              f"hydra.sweeper.storage={url}"]  # fmt: skip
+    for n, folder in ((2, "first"), (3, "second")):
+        proc = run_py(
+            [*common, f"hydra.sweeper.n_trials={n}", f"hydra.sweep.dir={tmp_path}/{folder}"],
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.output
+    study = optuna.load_study(study_name="mlp_regularised", storage=url)
+    trials = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(trials) == 3
+    # model.dropout=0.25 on the command line fixes it: no longer searched, not enqueued.
+    preset = {"model.input_dropout": 0.1, "trainer.label_smoothing": 0.1, "trainer.max_norm": 3.5,
+              "optimizer.weight_decay": 0.0, "lr": 0.05}  # fmt: skip
+    assert trials[0].params == preset
+    assert [t.params == preset for t in trials] == [True, False, False]
+    bad = run_py(
+        [*common, "hydra.sweeper.n_trials=1", "+hydra.sweeper.enqueue_trials=[{momentum: 0.5}]",
+         f"hydra.sweep.dir={tmp_path}/bad"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.returncode == 2 and len(lines) == 1, bad.output
+    assert "enqueue_trials" in lines[0] and "momentum" in lines[0]

@@ -82,6 +82,10 @@ class OptunaSweeperImpl(Sweeper):
             if target > size:
                 log.info("n_trials %d clamped to the grid size %d", target, size)
             target = min(target, size)
+        fixed_keys = {line.split("=", 1)[0].lstrip("+~") for line in fixed}
+        queued = s.trials_to_enqueue({p.name for p in space}, fixed_keys)
+        if queued and grid is not None:
+            raise SweeperError("grid sampler: enqueue_trials cannot be used with a grid")
         extend = get_method(s.custom_search_space) if s.custom_search_space else None
         sampler = build_sampler(s.sampler, grid)
         pruner = build_pruner(s.pruner)
@@ -90,6 +94,8 @@ class OptunaSweeperImpl(Sweeper):
         study, storage = open_study(
             url, s.study_name, sampler, pruner, directions, metric_names, seeded
         )
+        for params in queued:  # run first; skipped when the study already has such a trial
+            study.enqueue_trial(params, skip_if_exists=True)
         worker = this_worker()
         batches = Batches(
             study=study,

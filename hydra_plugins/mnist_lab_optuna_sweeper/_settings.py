@@ -31,6 +31,7 @@ class Settings:
     params: Mapping[str, Any] | None
     search_space: Mapping[str, Any] | None
     metric_names: list[str] | None
+    enqueue_trials: list[Mapping[str, Any]] | None
     custom_search_space: str | None
     heartbeat_interval: float
     grace_period: float
@@ -79,6 +80,28 @@ class Settings:
         if self.params is not None and self.search_space:
             log.warning("hydra.sweeper.params and search_space both set: using params only")
             self.search_space = None
+
+    def trials_to_enqueue(self, names: set[str], fixed: set[str]) -> list[dict[str, Any]]:
+        """`enqueue_trials` as plain dicts naming parameters of the search space only; keys the
+        command line fixed (no longer searched: every trial has that value) are left out."""
+        trials = self.enqueue_trials
+        if trials is None:
+            return []
+        if isinstance(trials, (ListConfig, DictConfig)):
+            trials = OmegaConf.to_container(trials, resolve=True)
+        if not isinstance(trials, list) or not all(isinstance(t, dict) and t for t in trials):
+            raise _bad("enqueue_trials", trials, "a list of {param: value} mappings")
+        trials = [{k: v for k, v in trial.items() if k not in fixed} for trial in trials]
+        for trial in trials:
+            unknown = sorted(set(trial) - names)
+            if unknown:
+                raise _bad(
+                    "enqueue_trials",
+                    trial,
+                    f"parameters of the search space only ({', '.join(sorted(names))}); "
+                    f"not {', '.join(unknown)}",
+                )
+        return trials
 
     def batch_size(self, launcher_cfg: DictConfig) -> int:
         """Trials asked and launched together: n_jobs, else the launcher's n_jobs, else 1."""

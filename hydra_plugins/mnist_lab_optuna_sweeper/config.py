@@ -174,6 +174,10 @@ class OptunaSweeperConf:
     search_space: dict[str, Any] | None = None
     # The objectives' names, one per direction, shown by optuna-dashboard (null: "Objective 0").
     metric_names: list[str] | None = None
+    # Trials to run first, each a {param: value} of the search space (Optuna's enqueue_trial):
+    # e.g. a preset's own values, so the study starts from a known good point. One already in the
+    # study (a resumed sweep) is not enqueued again.
+    enqueue_trials: list[dict[str, Any]] | None = None
     # "module.function(cfg, trial)" that suggests further parameters with trial.suggest_*.
     custom_search_space: str | None = None
     # While its trials run, the sweeper refreshes their `heartbeat_at` attribute every this many
