@@ -170,7 +170,7 @@ class GroupTrainer:
                 return
             start = time.perf_counter()
             losses, accs = self.train_epoch(epoch)
-            lrs = self.learner.lrs[epoch * len(self.plan) - 1].tolist()
+            lrs = self.learner.member_lrs(epoch * len(self.plan) - 1)
             seconds = time.perf_counter() - start
             diverged = [not math.isfinite(loss) for loss in losses]
             evaluate = [s.eval_every_epoch or epoch == s.epochs or d for d in diverged]

@@ -179,7 +179,8 @@ class StackedLearner(Learner):
         self.members = members
         ref = members[0].params[0]
         self.device, self.dtype = ref.device, ref.dtype
-        lrs = torch.tensor([lrn.lrs for lrn in learners], dtype=self.dtype).T.contiguous()
+        self.rates = [list(lrn.lrs) for lrn in learners]  # host floats, for the records
+        lrs = torch.tensor(self.rates, dtype=self.dtype).T.contiguous()
         super().__init__(self.models[0], lrs.to(self.device), None)  # max_norm: not stacked
         self.scheduled = any(lrn.scheduled for lrn in learners)
         self.lr = self.lrs[0].clone()
@@ -246,6 +247,13 @@ class StackedLearner(Learner):
     def set_lr(self, lr) -> None:
         self.lr.copy_(lr)
 
+    def member_lrs(self, step: int) -> list[float]:
+        """Each member's rate of a step, as its record shows it (not the float32 copy)."""
+        return [rates[step] for rates in self.rates]
+
+    def lr_at(self, step: int) -> float:
+        return self.member_lrs(step)[0]  # a single run's stack of one
+
     def eval_loss(self, out, y):
         """Summed loss of one member's outputs, as the single-model learners report it."""
         if self.shape.prob_floor > 0:
@@ -266,6 +274,7 @@ class StackedLearner(Learner):
         self.dropout = [self.dropout[i] for i in alive]
         self.rngs = [self.rngs[i] for i in alive] if self.rngs is not None else None
         self.lrs = self.lrs[:, index].contiguous()
+        self.rates = [self.rates[i] for i in alive]
         self.lr = pick(self.lr)
         for k, m in enumerate(self.members):
             m.rebind([p[k] for p in self.params])

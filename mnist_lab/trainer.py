@@ -60,6 +60,10 @@ class Learner:
     def set_lr(self, lr) -> None:
         self.lr = lr
 
+    def lr_at(self, step: int) -> float:
+        """The rate of a step as the record shows it: the configured host float."""
+        return float(self.lrs[step])
+
     def step(self, x, y):
         raise NotImplementedError
 
@@ -322,7 +326,7 @@ class Trainer:
         for epoch in range(1, self.settings.epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
-            row["lr"] = float(self.learner.lrs[epoch * self.steps_per_epoch - 1])
+            row["lr"] = self.learner.lr_at(epoch * self.steps_per_epoch - 1)
             row["seconds"] = time.perf_counter() - start
             diverged = not math.isfinite(row["train/loss"])
             evaluated = self.settings.eval_every_epoch or epoch == self.settings.epochs or diverged
