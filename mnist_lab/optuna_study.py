@@ -138,19 +138,29 @@ def _rdb_storage(url: str, engine_kwargs: dict, attempts: int = 5) -> Any:
     """RDBStorage, retried while another worker is creating the same database's schema.
 
     Two sweeps started together on a new database both try to create Optuna's tables and alembic
-    version row; the loser gets an IntegrityError (or a lock error) and, on retry, finds them made.
+    version row; the loser gets an IntegrityError, a lock error, or (PostgreSQL) a "type or table
+    already exists" error, and on retry finds them made.
     """
     import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
+        except (IntegrityError, OperationalError, ProgrammingError) as e:
+            lost_race = not isinstance(e, ProgrammingError) or _already_exists(e)
+            if not lost_race or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+# PostgreSQL's duplicate_object (an enum type such as "studydirection") and duplicate_table.
+_ALREADY_EXISTS = {"42710", "42P07"}
+
+
+def _already_exists(error) -> bool:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) in _ALREADY_EXISTS
 
 
 def one_line(error: BaseException) -> str:

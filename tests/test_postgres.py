@@ -113,3 +113,37 @@ def test_submitit_local_launcher(postgres_server, postgres_url, tmp_path):
     pids = _job_pids(tmp_path)
     assert len(pids) == n and proc.pid not in pids
     _assert_no_password(tmp_path, postgres_server.password)
+
+
+class _Orig(Exception):
+    def __init__(self, sqlstate):
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "retried"), [("42710", True), ("42P07", True), ("42501", False)]
+)
+def test_a_schema_race_is_retried_other_database_errors_are_not(monkeypatch, sqlstate, retried):
+    """Two sweeps creating a new PostgreSQL database's schema at once: the loser's "type
+    studydirection already exists" (seen in CI) is retried; a permission error is not."""
+    from sqlalchemy.exc import ProgrammingError
+
+    from mnist_lab import optuna_study
+
+    calls = []
+
+    def storage(url, engine_kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise ProgrammingError("CREATE TYPE studydirection", {}, _Orig(sqlstate))
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(optuna_study.time, "sleep", lambda s: None)
+    if retried:
+        assert optuna_study.open_storage("postgresql://h/db") == "storage" and len(calls) == 2
+    else:
+        with pytest.raises(ProgrammingError):
+            optuna_study.open_storage("postgresql://h/db")
+        assert len(calls) == 1
