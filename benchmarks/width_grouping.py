@@ -11,8 +11,8 @@ single run on the CPU trains it), one after the other, on the same batches.
                 backward and plain SGD, written out here as the prototype of a grouped step
 
 Usage: python benchmarks/width_grouping.py [--widths 128,512,1024] [--batch 32] [--steps 400]
-Prints seconds per 55,000-image epoch of all the widths together, median of 5 repeats, and the
-ratio; checks that both give the same parameters after the timed steps.
+Prints seconds per 55,000-image epoch of all the widths together, median of 5 interleaved repeats,
+and the ratio; checks that both give the same parameters after the timed steps.
 """
 
 from __future__ import annotations
@@ -108,15 +108,17 @@ def main() -> None:
             together.step(x_all.index_select(0, idx), y_all.index_select(0, idx))
 
     per_epoch = N_TRAIN / args.batch / args.steps
-    rows = []
-    for label, fn in (("separate (today)", run_separate), ("concatenated", run_together)):
+    variants = {"separate (today)": run_separate, "concatenated": run_together}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for fn in variants.values():
         fn()  # warm-up (and the same updates on both sides for the check below)
-        times = []
-        for _ in range(args.repeats):
+    # Interleaved repeats: a shared machine's slow spell hits both variants alike.
+    for _ in range(args.repeats):
+        for label, fn in variants.items():
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-        rows.append((label, statistics.median(times) * per_epoch))
+            times[label].append(time.perf_counter() - start)
+    rows = [(label, statistics.median(t) * per_epoch) for label, t in times.items()]
     # Same maths: the same first-layer weights after the same steps.
     first = separate[0].params[0][0]
     drift = (first - together.w1[: widths[0]]).abs().max().item()
