@@ -107,7 +107,7 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
 
 def choose_backward(cfg: DictConfig, learner, device: torch.device):
     """`trainer.backward`: the learner itself, or its model trained by the hand-written step of
-    `mnist_lab.stacked` as a stack of one (same maths; about 1.5x faster per CPU epoch for small
+    `mnist_lab.stacked` as a stack of one (same maths; about 1.6x faster per CPU epoch for small
     MLPs, docs/PERFORMANCE.md). `auto` takes it on the CPU only: on CUDA the autograd step
     captured as a CUDA graph is the measured fast path."""
     mode = cfg.trainer.backward.value
