@@ -30,6 +30,7 @@ from mnist_lab.models import build_model, count_parameters
 from mnist_lab.records import RunRecord
 from mnist_lab.schedule import lr_table
 from mnist_lab.signals import install_in_worker, stop_status
+from mnist_lab.stacked import stack
 from mnist_lab.trainer import (
     AutogradLearner,
     Diverged,
@@ -105,18 +106,22 @@ def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
     return learner
 
 
-def choose_backward(cfg: DictConfig, learner, device: torch.device):
+def choose_backward(cfg: DictConfig, learner, device: torch.device, capture: bool):
     """`trainer.backward`: the learner itself, or its model trained by the hand-written step of
     `mnist_lab.stacked` as a stack of one (same maths; about 1.6x faster per CPU epoch for small
     MLPs, docs/PERFORMANCE.md). `auto` takes it on the CPU only: on CUDA the autograd step
     captured as a CUDA graph is the measured fast path."""
     mode = cfg.trainer.backward.value
+    if mode == "manual" and capture:
+        raise ConfigError(
+            "trainer.backward",
+            mode,
+            "is not captured as a CUDA graph yet; add trainer.cuda_graph=off, or use auto",
+        )
     if mode == "autograd" or not isinstance(learner, AutogradLearner):
         return learner  # a model with its own backward (scratch) keeps it
     if mode == "auto" and device.type != "cpu":
         return learner
-    from mnist_lab.stacked import stack
-
     # On the CPU, dropout masks come from the global generator, as nn.Dropout draws them.
     lean = stack([learner], [torch.default_generator] if device.type == "cpu" else None)
     if lean is None and mode == "manual":
@@ -154,22 +159,16 @@ def build_trainer(cfg: DictConfig, multirun: bool = False, stackable: bool = Fal
     """
     check_config(cfg)
     device = resolve_device(cfg.trainer.device)
-    capture = _use_cuda_graph(cfg, device)
-    if capture and cfg.trainer.backward.value == "manual" and not stackable:
-        raise ConfigError(
-            "trainer.backward",
-            "manual",
-            "is not captured as a CUDA graph yet; add trainer.cuda_graph=off, or use auto",
-        )
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
     data = load_mnist(cfg.data, device)
     model = build_model(cfg.model, device)
     settings = train_settings(cfg, multirun)
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
+    capture = _use_cuda_graph(cfg, device)
     learner = build_learner(cfg, model, steps, capture)
     if not stackable:
-        learner = choose_backward(cfg, learner, device)
+        learner = choose_backward(cfg, learner, device, capture)
     graph = None
     if capture:
         from mnist_lab.cuda_graph import GraphEpoch

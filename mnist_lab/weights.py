@@ -34,8 +34,9 @@ def resolve_mode(setting: str, multirun: bool) -> str:
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
     buffer = io.BytesIO()
-    # clone: a member of a stack holds views, and torch.save writes a view's whole storage.
-    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buffer)
+    # A copy on every device: a member of a stack holds views, and torch.save writes a view's
+    # whole storage.
+    torch.save({k: v.detach().to("cpu", copy=True) for k, v in state.items()}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

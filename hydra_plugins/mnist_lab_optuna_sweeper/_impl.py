@@ -32,7 +32,7 @@ from mnist_lab.optuna_study import display_url
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
-from ._search_space import grid_of, parse_search_space
+from ._search_space import fixed_names, grid_of, parse_search_space
 from ._settings import Settings
 from ._study_report import report
 from ._study_setup import (
@@ -82,8 +82,7 @@ class OptunaSweeperImpl(Sweeper):
             if target > size:
                 log.info("n_trials %d clamped to the grid size %d", target, size)
             target = min(target, size)
-        fixed_keys = {line.split("=", 1)[0].lstrip("+~") for line in fixed}
-        queued = s.trials_to_enqueue({p.name for p in space}, fixed_keys)
+        queued = s.trials_to_enqueue({p.name for p in space}, fixed_names(fixed))
         if queued and grid is not None:
             raise SweeperError("grid sampler: enqueue_trials cannot be used with a grid")
         extend = get_method(s.custom_search_space) if s.custom_search_space else None

@@ -265,6 +265,13 @@ def _param_from_spec(name: str, spec: Mapping[str, Any]) -> Param:
     return Param(name, name, dist, None)
 
 
+def fixed_names(fixed: Sequence[str]) -> set[str]:
+    """The names of `parse_search_space`'s fixed overrides, spelled as `Param.name` spells a
+    searched one (`key`, or `key@package`)."""
+    parser = OverridesParser.create()
+    return {_param_name(parser.parse_override(line)) for line in fixed}
+
+
 def parse_search_space(
     params: Mapping[str, Any] | None,
     arguments: Sequence[str],
