@@ -127,14 +127,15 @@ def save_prediction_grid(images, files, digits, confidence, path: Path) -> None:
     """Each input as the model saw it (28x28, before normalisation), titled with its prediction."""
     cols = min(len(images), 8)
     rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.8), squeeze=False)
+    # At least 5 inches wide: the title must fit above a single image too.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 1.5, 5.0), rows * 1.8), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(images):
             continue
         ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=1)
         name = files[i].name if len(files[i].name) <= 14 else files[i].name[:13] + "…"
-        ax.set_title(f"{name}\n→ {int(digits[i])} ({float(confidence[i]):.0%})", fontsize=8)
+        ax.set_title(f"{name}\n→ {int(digits[i])} ({float(confidence[i]):.1%})", fontsize=8)
     fig.suptitle("inputs as the model saw them → predicted digit (probability)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
