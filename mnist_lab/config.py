@@ -51,6 +51,7 @@ class DataConfig:
     cache_dir: str = MISSING
     download: bool = MISSING
     normalize: Normalize = MISSING
+    deskew: bool = MISSING
     val_size: int = MISSING
     split_seed: int = MISSING
     shuffle: bool = MISSING

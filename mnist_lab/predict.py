@@ -5,8 +5,8 @@ MNIST's digits are light on a dark background, their bounding box fitted into 20
 drawing is brought to the same form: grayscale (transparency flattened onto white), inverted when
 its border is lighter than its middle (a dark digit on light paper), background lifted to 0 and
 the brightest stroke to 1, cropped to the ink, resized to fit 20x20 with antialiasing, centred by
-mass, then normalised with the run's own `data.normalize`. Pillow reads the files; torch does the
-rest.
+mass, deskewed when the run's data was (`data.deskew`), then normalised with the run's own
+`data.normalize`. Pillow reads the files; torch does the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_lab.data import NORMALIZATION  # noqa: E402
+from mnist_lab.data import NORMALIZATION, deskew  # noqa: E402
 from mnist_lab.errors import LabError  # noqa: E402
 from mnist_lab.records import atomic_write_bytes  # noqa: E402
 from mnist_lab.saved_run import SavedRun, rebuild_model  # noqa: E402
@@ -112,6 +112,8 @@ def predict_files(run: SavedRun, paths: list[Path], out: Path) -> tuple[list[str
     device = resolve_device(run.cfg.trainer.device)
     model = rebuild_model(run, device)
     images = torch.stack([to_mnist(read_gray(f)) for f in files])
+    if run.cfg.data.deskew:  # prepared exactly as the run's own digits were
+        images = deskew(images)
     probs = classify(model, images, run.cfg.data.normalize.value, device)
     confidence, digits = probs.max(1)
     lines = [

@@ -64,6 +64,7 @@ SHORT = {
     "seed": ("config.trainer.seed", "config.seed"),
     "activation": ("config.model.activation",),
     "normalize": ("config.data.normalize",),
+    "deskew": ("config.data.deskew",),
     "model": ("choices.model", "config.model.name"),  # schema_version 1 records: model.name
     "experiment": ("choices.experiment",),
     "data": ("data.id",),
@@ -100,6 +101,7 @@ LEADING = (
     "optimizer",
     "activation",
     "normalize",
+    "deskew",
     "model",
     "experiment",
     "data",
@@ -130,6 +132,7 @@ KEY_ORDER = (
     "model",
     "activation",
     "normalize",
+    "deskew",
     "data",
 )
 # Config keys that do not change what is trained, so they never make two recipes: the seeds (they
@@ -284,6 +287,10 @@ def epoch_stats(epochs: pd.DataFrame, k: int, target: float) -> pd.DataFrame:
 def build_runs(records: list[dict], epochs: pd.DataFrame, k: int, target: float) -> pd.DataFrame:
     """summary.csv: every record flattened, the short columns first, rows in a stable order."""
     flat = pd.json_normalize(records) if records else pd.DataFrame(columns=["run_dir"])
+    # Records from before `data.deskew` existed trained on the digits as they are: same recipe.
+    had_data = flat.filter(regex=r"^config\.data\.").notna().any(axis=1)
+    deskew = flat.get("config.data.deskew", pd.Series(None, index=flat.index, dtype=object))
+    flat["config.data.deskew"] = deskew.astype(object).mask(had_data & deskew.isna(), False)
     sizes = flat.get("config.model.hidden_sizes", pd.Series(np.nan, index=flat.index))
     sizes = sizes.map(lambda v: v if isinstance(v, list) else None)
     flat["hidden_first"] = sizes.map(lambda v: v[0] if v else None)
@@ -343,6 +350,7 @@ ALIASES = {
     "model": ("config.model.name", "config.model._target_"),
     "activation": ("config.model.activation",),
     "normalize": ("config.data.normalize",),
+    "deskew": ("config.data.deskew",),
 }
 
 

@@ -58,6 +58,7 @@ def test_default_config_is_the_tutorial_recipe(compose):
     assert cfg.trainer.seed == 0
     assert cfg.trainer.device == "auto"
     assert cfg.data.normalize.value == "mnist"
+    assert cfg.data.deskew is False
     assert cfg.data.val_size == 5000
     assert cfg.scheduler.name.value == "none"
 

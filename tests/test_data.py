@@ -14,7 +14,15 @@ import torch
 
 from mnist_lab import data as mnist_data
 from mnist_lab.config import REPO_ROOT, Normalize
-from mnist_lab.data import CACHE, FILES, TRAIN_SIZE, load_mnist, load_raw, split_indices
+from mnist_lab.data import (
+    CACHE,
+    FILES,
+    TRAIN_SIZE,
+    deskew,
+    load_mnist,
+    load_raw,
+    split_indices,
+)
 from mnist_lab.errors import DataError
 
 SHIPPED = REPO_ROOT / "data" / "mnist"
@@ -30,6 +38,7 @@ def data_cfg(**changes):
         cache_dir=str(SHIPPED),
         download=False,
         normalize=Normalize.mnist,
+        deskew=False,
         val_size=5000,
         split_seed=0,
         train_subset=None,
@@ -335,3 +344,63 @@ def test_cli_bad_data_is_one_line_exit_2(mnist_copy, run_cli, damage):
     assert len(errors) == 1 and "Traceback" not in proc.output
     record = json.loads((proc.run_dir / "result.json").read_text())
     assert record["status"] == "failed" and record["refused"]  # bad input: never a result
+
+
+def moments(images):
+    """Centre of mass (row, col) and shear cov(row, col) / var(row) of each (28, 28) image."""
+    rows = torch.arange(28.0).view(1, 28, 1)
+    cols = torch.arange(28.0).view(1, 1, 28)
+    mass = images.sum((1, 2))
+    r0 = (images * rows).sum((1, 2)) / mass
+    c0 = (images * cols).sum((1, 2)) / mass
+    dr, dc = rows - r0.view(-1, 1, 1), cols - c0.view(-1, 1, 1)
+    shear = (images * dr * dc).sum((1, 2)) / (images * dr**2).sum((1, 2))
+    return r0, c0, shear
+
+
+def slanted_bar(slope, shift=0):
+    """A bar leaning by `slope` columns per row, drawn off centre by `shift` columns."""
+    image = torch.zeros(28, 28)
+    for row in range(5, 23):
+        image[
+            row, round(12 + shift + slope * (row - 14)) : round(15 + shift + slope * (row - 14))
+        ] = 1
+    return image
+
+
+def test_deskew_stands_a_slanted_stroke_upright_and_centres_it():
+    images = torch.stack([slanted_bar(0.4, shift=3), slanted_bar(-0.3), slanted_bar(0.0)])
+    before = moments(images)
+    assert before[2][0] == pytest.approx(0.4, abs=0.05) and before[2][1] == pytest.approx(
+        -0.3, abs=0.05
+    )
+    r0, c0, shear = moments(deskew(images))
+    assert shear.abs().max() < 0.02  # upright
+    assert torch.allclose(r0, torch.full((3,), 14.0), atol=0.1)  # mass at the centre
+    assert torch.allclose(c0, torch.full((3,), 14.0), atol=0.1)
+    assert torch.allclose(deskew(images).sum((1, 2)), images.sum((1, 2)), rtol=0.02)  # no ink lost
+
+
+def test_deskew_leaves_blank_images_blank_and_an_upright_centred_one_nearly_as_it_was():
+    blank = torch.zeros(2, 28, 28)
+    assert torch.equal(deskew(blank), blank)
+    upright = torch.zeros(28, 28)
+    upright[5:24, 13:16] = 1.0  # mass exactly at (14, 14)
+    assert moments(upright[None])[0].item() == pytest.approx(14.0)
+    assert (deskew(upright[None])[0] - upright).abs().max() < 1e-5
+
+
+def test_deskew_applies_to_train_val_and_test_alike():
+    raw = load_raw(str(SHIPPED), str(SHIPPED), False)
+    plain = load_mnist(data_cfg(normalize="none"), CPU)
+    d = load_mnist(data_cfg(normalize="none", deskew=True), CPU)
+    assert not torch.equal(plain.train_x, d.train_x)  # both cached side by side
+    expected_test = deskew(raw.test_x.float() / 255.0).reshape(10_000, -1)
+    assert torch.allclose(d.test_x, expected_test)
+    expected_train = deskew(raw.train_x[:100].float() / 255.0).reshape(100, -1)
+    assert torch.allclose(d.train_x[:100], expected_train)
+    assert torch.equal(d.val_x, d.train_x[split_indices(5000, 0, None)[1]])
+    # MNIST's own digits lean: deskewing removes nearly all of it.
+    lean = moments(raw.test_x[:2000].float())[2].abs().mean()
+    left = moments(d.test_x[:2000].reshape(-1, 28, 28))[2].abs().mean()
+    assert lean > 0.15 and left < 0.2 * lean

@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from mnist_lab import predict
 from mnist_lab.config import REPO_ROOT
+from mnist_lab.data import deskew
 from mnist_lab.evaluate import main
 from mnist_lab.models import build_model
-from mnist_lab.predict import is_dark_on_light, read_gray, to_mnist
+from mnist_lab.predict import is_dark_on_light, predict_files, read_gray, to_mnist
 from mnist_lab.records import WEIGHTS_FILES
 from mnist_lab.saved_run import open_run
 from mnist_lab.signals import Terminated
@@ -38,10 +40,8 @@ def cli(args, cwd):
     return proc
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One real run (1 epoch on 2,000 images, best and final weights), shared by the tests."""
-    root = tmp_path_factory.mktemp("trained")
+def train(root, *overrides):
+    """One real run (1 epoch on 2,000 images, best and final weights) in `root`/run."""
     run_dir = root / "run"
     proc = subprocess.run(
         [
@@ -50,6 +50,7 @@ def trained(tmp_path_factory):
             *QUICK,
             "trainer.save_weights=both",
             f"hydra.run.dir={run_dir}",
+            *overrides,
         ],
         cwd=root,
         capture_output=True,
@@ -58,6 +59,12 @@ def trained(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run shared by the tests."""
+    return train(tmp_path_factory.mktemp("trained"))
 
 
 def copy_run(trained, tmp_path):
@@ -257,3 +264,23 @@ def test_a_stopped_evaluation_says_so_in_one_line(monkeypatch, capsys, tmp_path,
     assert main([str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"evaluate: stopped by {name}"]
+
+
+def test_a_deskewed_run_is_evaluated_and_predicted_on_deskewed_digits(tmp_path, monkeypatch):
+    run = train(tmp_path, "data.deskew=true")
+    proc = cli([run], cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert "matches the record to 4 decimals" in proc.stdout
+    # The same weights on undeskewed digits are another measurement, and say so.
+    plain = cli([run, "data.deskew=false", "--out", tmp_path / "plain"], cwd=tmp_path)
+    assert plain.returncode == 0, plain.output
+    assert "differs from the record in" in plain.stdout
+    # The user's digits are deskewed too, and the picture shows them as the model saw them.
+    drawn = [draw("1", True, tmp_path / "one.png"), draw("7", False, tmp_path / "seven.png")]
+    seen = {}
+    monkeypatch.setattr(predict, "save_prediction_grid", lambda images, *_: seen.update(x=images))
+    lines, _ = predict_files(open_run(run), drawn, tmp_path / "out")
+    assert len(lines) == 2
+    expected = deskew(torch.stack([to_mnist(read_gray(f)) for f in drawn]))
+    assert torch.allclose(seen["x"], expected)
+    assert not torch.allclose(expected[1], to_mnist(read_gray(drawn[1])), atol=0.05)  # the 7 leans

@@ -64,6 +64,7 @@ def write_run(
     val_acc: list | None = None,
     optimizer: str = "SGD",
     data_id: str = "eee3ce93c2df",
+    deskew: bool | None = None,
 ) -> dict:
     """A run record as mnist_lab.task writes it: metrics.csv rows for epochs 0.. and result.json.
 
@@ -135,6 +136,8 @@ def write_run(
         "started_at": "2026-11-23T06:00:00+00:00",
         "finished_at": "2026-11-23T06:00:02+00:00",
     }
+    if deskew is not None:
+        record["config"]["data"]["deskew"] = deskew
     (run_dir / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -386,6 +389,17 @@ def test_rows_never_mix_recipes(tmp_path):
         ["sgd", "eee3ce93c2df", 2],
     ]
     assert "| optimizer " in result.markdown and "| data " in result.markdown
+
+
+def test_deskewed_digits_are_their_own_recipe_and_older_records_were_not_deskewed(tmp_path):
+    sweep = tmp_path / "s"
+    write_run(sweep / "0", [0.95], sweep_dir=sweep, num=0)  # before data.deskew existed
+    write_run(sweep / "1", [0.96], seed=1, deskew=False, sweep_dir=sweep, num=1)
+    write_run(sweep / "2", [0.98], seed=2, deskew=True, sweep_dir=sweep, num=2)
+    result = run([sweep], tmp_path / "out")
+    assert result.runs["deskew"].tolist() == [False, False, True]
+    assert result.grid[["deskew", "n"]].values.tolist() == [[False, 2], [True, 1]]
+    assert "| deskew " in result.markdown
 
 
 def test_duplicates_are_counted_once_and_flagged(tmp_path):
