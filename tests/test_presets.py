@@ -109,6 +109,7 @@ def test_strong_mlp_preset_is_a_regularised_plain_mlp_that_trains():
     assert (cfg.trainer.label_smoothing, cfg.trainer.max_norm) == (0.1, 3.5)
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov
     assert cfg.scheduler.name.value == "cosine" and cfg.data.val_size > 0
+    assert cfg.data.deskew  # preprocessing of every image, not augmentation
     assert "Srivastava" in cfg.preset.source and "Simard" in cfg.preset.source
     trainer = build_trainer(
         _compose(
