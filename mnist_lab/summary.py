@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mnist_lab import recipe
 from mnist_lab.errors import LabError
 from mnist_lab.records import METRICS_FILE, RESULT_FILE, atomic_write_bytes, read_record
 from mnist_lab.report_columns import (
@@ -134,22 +135,6 @@ KEY_ORDER = (
     "normalize",
     "deskew",
     "data",
-)
-# Config keys that do not change what is trained, so they never make two recipes: the seeds (they
-# make replicates), the preset's notes, where the files are (the data's fingerprint, column
-# `data`, says what they held), the device (column `device` says where it ran) and what is shown.
-NOT_RECIPE = (
-    "config.seed",
-    "config.trainer.seed",
-    "config.preset",
-    "config.data.root",
-    "config.data.cache_dir",
-    "config.data.download",
-    "config.data.eval_batch_size",
-    "config.trainer.device",
-    "config.trainer.progress",
-    "config.trainer.log_interval",
-    "config.trainer.save_figures",
 )
 SHOWN_KNOBS = ("hidden", "hidden_sizes", "lr", "batch_size", "epochs", "optimizer", "model", "data")
 
@@ -330,11 +315,11 @@ def resolve_column(runs: pd.DataFrame, name: str, option: str) -> str:
 
 
 def recipe_columns(runs: pd.DataFrame) -> list[str]:
-    """The columns that say what was trained: every config key but NOT_RECIPE, and the data."""
+    """The columns that say what was trained: every recipe key of the config, and the data."""
     config = [
         c
         for c in runs.columns
-        if c.startswith("config.") and not any(c == n or c.startswith(f"{n}.") for n in NOT_RECIPE)
+        if c.startswith("config.") and recipe.is_recipe_key(c.removeprefix("config."))
     ]
     return ["data", *sorted(config)]
 

@@ -333,3 +333,15 @@ def test_the_regularised_search_starts_from_the_preset_once(tmp_path):
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert bad.returncode == 2 and len(lines) == 1, bad.output
     assert "enqueue_trials" in lines[0] and "momentum" in lines[0]
+    # The study keeps what its trials trained: resuming it with another length is refused.
+    assert study.user_attrs["recipe"]["data.deskew"] is True  # the preset's, stored
+    longer = [arg if arg != "epochs=1" else "epochs=2" for arg in common]
+    other = run_py(
+        [*longer, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}/longer"], cwd=tmp_path
+    )
+    # (Optuna's own log line, "Using an existing study", comes first.)
+    lines = [line for line in other.output.splitlines() if line.strip()]
+    assert other.returncode == 2 and "Traceback" not in other.output, other.output
+    assert "study 'mlp_regularised' was run with epochs=1; this sweep has epochs=2" in lines[-1]
+    assert "hydra.sweeper.study_name=NAME" in lines[-1]
+    assert len(optuna.load_study(study_name="mlp_regularised", storage=url).trials) == 3

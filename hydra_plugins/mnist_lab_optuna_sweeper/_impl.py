@@ -40,6 +40,7 @@ from ._study_setup import (
     build_pruner,
     build_sampler,
     is_grid,
+    keep_recipe,
     open_study,
     setting,
 )
@@ -93,6 +94,7 @@ class OptunaSweeperImpl(Sweeper):
         study, storage = open_study(
             url, s.study_name, sampler, pruner, directions, metric_names, seeded
         )
+        keep_recipe(study, self.config, {p.name for p in space})
         for params in queued:  # run first; skipped when the study already has such a trial
             study.enqueue_trial(params, skip_if_exists=True)
         worker = this_worker()

@@ -6,6 +6,7 @@ to resume.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import warnings
 from collections.abc import Mapping
@@ -17,11 +18,13 @@ from omegaconf import DictConfig
 
 from mnist_lab import optuna_study
 from mnist_lab.optuna_study import OptunaConfigError, display_url, hide_password, one_line
+from mnist_lab.recipe import recipe_of
 
 from ._errors import SweeperError
 from .config import REMOVED_SAMPLERS
 
 log = logging.getLogger(__name__)
+RECIPE_ATTR = "recipe"  # the study's user attribute: what its trials train, searched keys aside
 
 
 def setting(cfg: Any, key: str) -> Any:
@@ -105,3 +108,41 @@ def open_study(
         sampler.reseed_rng()
         log.info("study has trials already: the seeded sampler is reseeded (no repeats)")
     return study, storage
+
+
+def _spelled(value: Any) -> str:
+    """A value as a Hydra override spells it (`true`, `null`, `0.05`, `mnist`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def keep_recipe(study: optuna.Study, config: DictConfig, searched: set[str]) -> None:
+    """A study's trials answer one question: a resumed study must train what it trained before.
+
+    A new study stores the sweep's recipe (every config key that changes what is trained, as
+    written, the searched keys aside; mnist_lab.recipe); a resumed one is refused in one line when
+    a key both know differs, say `epochs=5` then `epochs=15`, or a preset changed between versions.
+    A key only one side has (searched in one sweep and fixed in the other, or new in this
+    version) is not compared. A study from a version that stored no recipe is only warned about.
+    """
+    recipe = recipe_of(config, leave_out=searched)
+    stored = study.user_attrs.get(RECIPE_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            log.warning(
+                "study %r was started by a version that stored no recipe: whether its trials "
+                "trained what this sweep trains is not checked",
+                study.study_name,
+            )
+        else:
+            study.set_user_attr(RECIPE_ATTR, recipe)
+        return
+    changed = sorted(k for k in recipe.keys() & stored.keys() if recipe[k] != stored[k])
+    if changed:
+        shown = changed[:3] + (["..."] if len(changed) > 3 else [])
+        was = ", ".join(k if k == "..." else f"{k}={_spelled(stored[k])}" for k in shown)
+        now = ", ".join(k if k == "..." else f"{k}={_spelled(recipe[k])}" for k in shown)
+        raise SweeperError(
+            f"study {study.study_name!r} was run with {was}; this sweep has {now}: its trials "
+            "would not be comparable. Resume it with the same settings, or start another study "
+            "(hydra.sweeper.study_name=NAME)"
+        )
