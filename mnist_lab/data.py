@@ -237,6 +237,7 @@ class MnistTensors:
     test_x: torch.Tensor
     test_y: torch.Tensor
     fingerprint: dict  # of the files read (RawMnist.fingerprint): the record carries it
+    deskewed: bool = False  # every image sheared upright (data.deskew): pictures say so
 
     @property
     def n_train(self) -> int:
@@ -330,4 +331,5 @@ def _load_mnist(raw, normalize, deskewed, val_size, split_seed, train_subset, de
         test_x=test_x,
         test_y=test_y,
         fingerprint=fingerprint,
+        deskewed=deskewed,
     )

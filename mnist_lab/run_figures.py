@@ -53,7 +53,8 @@ def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int 
         ax.imshow(images[i], cmap="gray")
         wrong = bool(pred[i] != truth[i])
         ax.set_title(f"{truth[i]}→{pred[i]}", color="red" if wrong else "black", fontsize=9)
-    fig.suptitle("test images: true→predicted (red: misclassified)")
+    shown = "test images, deskewed" if data.deskewed else "test images"
+    fig.suptitle(f"{shown}: true→predicted (red: misclassified)")
     fig.tight_layout()
     _save(fig, path)
 

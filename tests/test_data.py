@@ -395,6 +395,7 @@ def test_deskew_applies_to_train_val_and_test_alike():
     plain = load_mnist(data_cfg(normalize="none"), CPU)
     d = load_mnist(data_cfg(normalize="none", deskew=True), CPU)
     assert not torch.equal(plain.train_x, d.train_x)  # both cached side by side
+    assert d.deskewed and not plain.deskewed
     expected_test = deskew(raw.test_x.float() / 255.0).reshape(10_000, -1)
     assert torch.allclose(d.test_x, expected_test)
     expected_train = deskew(raw.train_x[:100].float() / 255.0).reshape(100, -1)
