@@ -303,9 +303,12 @@ def test_several_objectives_none_completed_gives_empty_solutions(sweep, tmp_path
 
 def test_pruned_trial_is_pruned_with_partial_record(sweep):
     median = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "epochs=3"]
-    first = sweep(*median, "x=0.9", n_trials=1)
+    # x is searched, each sweep's first trial enqueued at the value it needs (one recipe).
+    searched = [*median, "x=interval(0, 1)"]
+    first = sweep(*searched, "+hydra.sweeper.enqueue_trials=[{x: 0.9}]", n_trials=1)
     assert first.trials[0].intermediate_values == pytest.approx({1: 0.3, 2: 0.6, 3: 0.9})
-    s = sweep(*median, "x=0.1", n_trials=2, name="run2")  # below the median after epoch 1
+    # below the median after epoch 1
+    s = sweep(*searched, "+hydra.sweeper.enqueue_trials=[{x: 0.1}]", n_trials=2, name="run2")
     assert s.states() == ["COMPLETE", "PRUNED"]
     assert s.trials[1].intermediate_values == pytest.approx({1: 0.1 / 3})
     record = s.record(s.trials[1])
@@ -435,7 +438,7 @@ def test_killed_sweeper_trial_is_failed_on_resume(sweep, tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
     args = ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=s",
             "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=1", "mode=sleep",
-            "sleep=60", f"hydra.sweep.dir={tmp_path}/killed"]  # fmt: skip
+            "sleep=interval(60, 61)", f"hydra.sweep.dir={tmp_path}/killed"]  # fmt: skip
     proc = _fake_cli(args, tmp_path)
     try:
         deadline = time.monotonic() + 60
@@ -448,7 +451,8 @@ def test_killed_sweeper_trial_is_failed_on_resume(sweep, tmp_path):
         proc.communicate()
     study = optuna.load_study(study_name="s", storage=url)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
-    s = sweep("x=interval(0, 1)", n_trials=2, name="resumed")
+    # The same recipe (a study refuses another); `sleep` is searched, so the new trial is quick.
+    s = sweep("mode=sleep", "sleep=interval(0, 0.01)", n_trials=2, name="resumed")
     assert s.states() == ["FAIL", "COMPLETE"]
     assert s.trials[0].user_attrs["reason"].startswith(f"stale: its sweeper (pid {proc.pid}")
     assert s.trials[1].user_attrs["run_dir"] == str(tmp_path / "resumed" / "trial_0001")

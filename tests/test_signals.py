@@ -121,8 +121,7 @@ def test_optuna_sweep_fails_the_trial_and_a_rerun_tops_up(tmp_path, sig):
     assert trial.state == TrialState.FAIL and status in trial.user_attrs["reason"]
     assert [r["status"] for r in _records(tmp_path)] == [status]
     if sig == signal.SIGTERM:  # the same command again completes the study
-        quick = ["hydra.sweeper.n_trials=2", "epochs=1", "data.train_subset=1024"]
-        rerun = _start(tmp_path / "rerun", [*args, *quick, "trainer.device=cpu"])
+        rerun = _start(tmp_path / "rerun", [*args, "hydra.sweeper.n_trials=2", *LONG])
         assert rerun.communicate(timeout=300)[1] is None and rerun.returncode == 0
         trials = optuna.load_study(study_name="mlp", storage=storage).get_trials()
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # n_trials
