@@ -43,7 +43,7 @@ def confusion_matrix(truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int = 32) -> None:
     """The first n test images, titled `true→pred`; misclassified ones in red."""
     truth = data.test_y.cpu()
-    images = data.test_x[:n].cpu().reshape(-1, 28, 28)
+    images = data.test_x[:n].cpu().reshape(-1, 28, 28).numpy()
     cols = 8
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(cols * 1.2, n / cols * 1.4))
     for i, ax in enumerate(axes.flat):
@@ -61,7 +61,7 @@ def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int 
 
 def save_confusion(counts: torch.Tensor, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(counts, cmap="Blues")
+    im = ax.imshow(counts.numpy(), cmap="Blues")
     for t in range(N_CLASSES):
         for p in range(N_CLASSES):
             value = int(counts[t, p])
