@@ -255,10 +255,11 @@ def deskew(images: torch.Tensor) -> torch.Tensor:
     """
     n, h, w = images.shape
     out = torch.empty_like(images)
+    rows = torch.arange(h, dtype=images.dtype, device=images.device).view(1, h, 1)
+    cols = torch.arange(w, dtype=images.dtype, device=images.device).view(1, 1, w)
+    dr, dc = rows - h / 2.0, cols - w / 2.0  # offsets from the centre the mass is moved to
     for start in range(0, n, DESKEW_CHUNK):
         x = images[start : start + DESKEW_CHUNK]
-        rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
-        cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
         mass = x.sum((1, 2))
         total = mass.clamp_min(1e-12)
         r0 = ((x * rows).sum((1, 2)) / total).view(-1, 1, 1)
@@ -266,8 +267,7 @@ def deskew(images: torch.Tensor) -> torch.Tensor:
         var_r = (x * (rows - r0) ** 2).sum((1, 2)) / total
         cov = (x * (rows - r0) * (cols - c0)).sum((1, 2)) / total
         alpha = torch.where(var_r > 1e-6, cov / var_r.clamp_min(1e-6), 0.0).view(-1, 1, 1)
-        # Output pixel (r, c) samples the input at (r0 + dr, c0 + alpha * dr + dc) around the centre.
-        dr, dc = rows - h / 2.0, cols - w / 2.0
+        # Output pixel (r, c) samples the input at (r0 + dr, c0 + alpha * dr + dc).
         src_r = (r0 + dr).expand(-1, h, w)
         src_c = c0 + alpha * dr + dc
         grid = torch.stack([src_c / (w - 1) * 2 - 1, src_r / (h - 1) * 2 - 1], dim=-1)
