@@ -33,6 +33,7 @@ from mnist_lab.cuda_graph import GraphEpoch
 from mnist_lab.knobs import check_knobs
 from mnist_lab.models import build_model
 from mnist_lab.records import EVAL_KEYS
+from mnist_lab.signals import raise_pending
 from mnist_lab.task import RecordedRun, build_learner, build_trainer, epoch_hooks, model_facts
 from mnist_lab.trainer import Diverged, Trainer, divergence, eager_epoch, log_epoch
 from mnist_lab.validate import check_config, parse_switch, resolve_device
@@ -168,6 +169,7 @@ class GroupTrainer:
         for epoch in range(1, s.epochs + 1):
             if not self.alive:
                 return
+            raise_pending()  # a CUDA-graph epoch has no step loop here
             start = time.perf_counter()
             losses, accs = self.train_epoch(epoch)
             lrs = self.learner.member_lrs(epoch * len(self.plan) - 1)

@@ -4,6 +4,10 @@ job (the task's record, the sweeper's trials) also records a terminated one.
 Contract (docs/ARCHITECTURE.md, exit codes): a run or sweep stopped by SIGINT records the status
 `interrupted` and exits 130; one stopped by SIGTERM records `terminated` and exits 143. A second
 signal while the first one unwinds (records being written, workers being stopped) exits at once.
+
+Python drops an exception raised while a finalizer or `__del__` runs ("Exception ignored in …"),
+so a signal that lands there would be lost and the run would go on: the first signal is also kept
+as pending until a stop is handled, and the training loops call `raise_pending` at every step.
 """
 
 from __future__ import annotations
@@ -17,11 +21,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received (Slurm, Kubernetes and `timeout` send it before a kill)."""
 
 
+_pending: int | None = None  # the first signal, until a stop is handled
+
+
+def _stop(signum: int) -> KeyboardInterrupt:
+    return Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt("SIGINT")
+
+
 def stop_status(error: BaseException) -> tuple[str, int]:
-    """(record status, exit status) of a run stopped by `error`, a KeyboardInterrupt."""
+    """(record status, exit status) of a run stopped by `error`, a KeyboardInterrupt.
+
+    Asking is handling the stop: the pending signal is cleared (a joblib worker that recorded its
+    job's stop may be handed another job)."""
+    global _pending
+    _pending = None
     if isinstance(error, Terminated):
         return "terminated", 143
     return "interrupted", 130
+
+
+def raise_pending() -> None:
+    """Raises the stop a first signal asked for if Python swallowed it (see the module's text)."""
+    if _pending is not None:
+        raise _stop(_pending)
 
 
 def _again(signum, frame) -> None:
@@ -33,12 +55,12 @@ def _again(signum, frame) -> None:
 
 
 def _first(signum, frame) -> None:
+    global _pending
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _again)
-    if signum == signal.SIGTERM:
-        raise Terminated("SIGTERM")
-    raise KeyboardInterrupt("SIGINT")
+    _pending = signum
+    raise _stop(signum)
 
 
 def install() -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mnist_lab.data import MnistTensors
 from mnist_lab.models import linear_weights
 from mnist_lab.records import EVAL_KEYS, METRIC_KEYS
+from mnist_lab.signals import raise_pending
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def eager_epoch(learner: Learner, x_all, y_all, order, plan, first_step, log_int
     loss_sum = torch.zeros(order.shape[:-1], device=x_all.device)
     correct = torch.zeros(order.shape[:-1], device=x_all.device, dtype=torch.long)
     for i, (start, end) in enumerate(plan):
+        raise_pending()
         if learner.scheduled:
             learner.set_lr(learner.lrs[first_step + i])
         idx = order[..., start:end]
@@ -324,6 +326,7 @@ class Trainer:
         if self.settings.patience is not None:
             stopper = EarlyStopping(self.settings.patience, self.settings.min_delta)
         for epoch in range(1, self.settings.epochs + 1):
+            raise_pending()  # a CUDA-graph epoch has no step loop here
             start = time.perf_counter()
             row = {"epoch": epoch, **self.train_epoch(epoch)}
             row["lr"] = self.learner.lr_at(epoch * self.steps_per_epoch - 1)

@@ -13,13 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_lab.config import REPO_ROOT  # importing it registers the schema and the resolvers
+from mnist_lab.data import MnistTensors
 from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES
+from mnist_lab.trainer import AutogradLearner, TrainSettings
 
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
@@ -146,3 +149,44 @@ def postgres_url(postgres_server, request):
     """The URL of a fresh database on the session's server (password included)."""
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
     return postgres_server.create_database(name)
+
+
+# --- a Trainer on data the test makes (no files) ------------------------------------------------
+
+
+def tiny_data(n=256, seed=0):
+    """A learnable 10-class problem in MNIST's shapes, made here (no files)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + 128, 784, generator=g)
+    y = x[:, :10].argmax(1)
+    return MnistTensors(
+        train_x=x,
+        train_y=y,
+        train_idx=torch.arange(n),
+        val_x=x[n : n + 64],
+        val_y=y[n : n + 64],
+        test_x=x[n + 64 :],
+        test_y=y[n + 64 :],
+        fingerprint={"id": "made-by-the-test"},
+    )
+
+
+def settings(epochs, patience, min_delta=0.0):
+    return TrainSettings(
+        epochs=epochs,
+        batch_size=32,
+        shuffle=True,
+        drop_last=False,
+        seed=0,
+        eval_batch_size=1000,
+        patience=patience,
+        min_delta=min_delta,
+        eval_every_epoch=True,
+        log_interval=0,
+        progress=False,
+    )
+
+
+def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.0):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return AutogradLearner(model, optimizer, [lr] * epochs * steps, max_norm, label_smoothing)

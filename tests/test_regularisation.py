@@ -5,21 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import model_values
+from conftest import autograd_learner, model_values, settings, tiny_data
 from torch import nn
 
-from mnist_lab.data import MnistTensors
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES, build_model
 from mnist_lab.records import WEIGHTS_FILES
 from mnist_lab.scratch import ScratchMLP
 from mnist_lab.task import build_trainer
 from mnist_lab.trainer import (
-    AutogradLearner,
     EarlyStopping,
     ScratchLearner,
     Trainer,
-    TrainSettings,
 )
 from mnist_lab.validate import check_config
 from mnist_lab.weights import WeightKeeper, load_state
@@ -142,44 +139,6 @@ def test_early_stopping_counts_epochs_without_a_gain_over_min_delta():
     assert reason == (
         "val/acc did not improve by more than 0.01 for 2 epoch(s) after epoch 3 (0.9200)"
     )
-
-
-def tiny_data(n=256, seed=0):
-    """A learnable 10-class problem in MNIST's shapes, made here (no files)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n + 128, 784, generator=g)
-    y = x[:, :10].argmax(1)
-    return MnistTensors(
-        train_x=x,
-        train_y=y,
-        train_idx=torch.arange(n),
-        val_x=x[n : n + 64],
-        val_y=y[n : n + 64],
-        test_x=x[n + 64 :],
-        test_y=y[n + 64 :],
-        fingerprint={"id": "made-by-the-test"},
-    )
-
-
-def settings(epochs, patience, min_delta=0.0):
-    return TrainSettings(
-        epochs=epochs,
-        batch_size=32,
-        shuffle=True,
-        drop_last=False,
-        seed=0,
-        eval_batch_size=1000,
-        patience=patience,
-        min_delta=min_delta,
-        eval_every_epoch=True,
-        log_interval=0,
-        progress=False,
-    )
-
-
-def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.0):
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return AutogradLearner(model, optimizer, [lr] * epochs * steps, max_norm, label_smoothing)
 
 
 def test_training_stops_after_patience_epochs_and_flags_its_last_row():
