@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from mnist_lab.errors import SweepFailed
 from mnist_lab.optuna_study import display_url
+from mnist_lab.signals import raise_pending
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
@@ -133,6 +134,7 @@ class OptunaSweeperImpl(Sweeper):
         while not (
             isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
         ):
+            raise_pending()  # a signal Python dropped between batches ends the sweep here
             fail_stale(study, storage, s.grace_period, worker, batches.in_flight)
             batch = batches.ask(target)
             if not batch:
