@@ -172,6 +172,7 @@ def tiny_data(n=256, seed=0):
 
 
 def settings(epochs, patience, min_delta=0.0):
+    """TrainSettings for `tiny_data`: batches of 32, seed 0, every epoch evaluated, no output."""
     return TrainSettings(
         epochs=epochs,
         batch_size=32,
@@ -188,5 +189,6 @@ def settings(epochs, patience, min_delta=0.0):
 
 
 def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.0):
+    """Plain SGD at a constant `lr` for `epochs` x `steps` steps, through autograd."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     return AutogradLearner(model, optimizer, [lr] * epochs * steps, max_norm, label_smoothing)
