@@ -2,7 +2,7 @@
 
   baseline   torchvision's IDX reader on the unpacked files, no hashing or checks (what a run
              paid before data.root was checked: the old size-keyed cache)
-  checked    mnist_lab.data.load_raw as a run's first job does it: SHA-256 of the four .gz files,
+  checked    mnist_lab.data.mnist.load_raw as a run's first job does it: SHA-256 of the four .gz files,
              the unpacked copies found by their hash, read by torchvision and checked
   reused     load_raw again in the same process (every later job of a multirun): one stat per file
 
@@ -18,8 +18,8 @@ import time
 
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import CACHE, FILES, load_raw
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.data.mnist import CACHE, FILES, load_raw
 
 ROOT = REPO_ROOT / "data" / "mnist"
 

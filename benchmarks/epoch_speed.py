@@ -6,7 +6,7 @@ with 0.1307/0.3081, all 60,000 training images (no validation split, so both sid
   baseline   torchvision MNIST + ToTensor/Normalize/flatten transforms + DataLoader, the loop
              written the way the write-ups in shared/seeds write it (loss.item() every step)
   eager      the harness: resident normalised tensors, batches cut by index, eager steps (on the
-             CPU by default the hand-written step of mnist_lab.stacked: trainer.backward=auto)
+             CPU by default the hand-written step of mnist_lab.train.stacked: trainer.backward=auto)
   eager, autograd  the same with trainer.backward=autograd (autograd + torch.optim; CPU only)
   graph      the harness on CUDA: the same step captured as a CUDA graph (trainer.cuda_graph=auto)
   graph+fused  the same with torch.optim.SGD(fused=True)
@@ -31,11 +31,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-import mnist_lab.config  # noqa: F401  (registers the schema)
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import FILES, load_raw
-from mnist_lab.task import build_trainer
-from mnist_lab.validate import resolve_device
+import mnist_lab.config.schema  # noqa: F401  (registers the schema)
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.data.mnist import FILES, load_raw
+from mnist_lab.job.task import build_trainer
+from mnist_lab.train.device import resolve_device
 
 
 def _sync(device: torch.device) -> None:

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from _cli import REPO, run_cli  # noqa: E402
 
-from mnist_lab import summary  # noqa: E402
+from mnist_lab.results import summary
 
 PRESETS = {
     "tutorial_relu128_sgd": "000_1fcf68b5044499e5.txt",

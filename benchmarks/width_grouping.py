@@ -3,7 +3,7 @@
 The three jobs of the flagship sweep share their batch order (one seed), so the first layers of
 the three 784-w-10 models could run as one matrix product of 784 x (128+512+1024) columns, with
 the small output layers apart. This script measures that against what the harness does today:
-each width trained by its own hand-written step (`mnist_lab.stacked`, a stack of one, as a
+each width trained by its own hand-written step (`mnist_lab.train.stacked`, a stack of one, as a
 single run on the CPU trains it), one after the other, on the same batches.
 
   separate      three StackedLearner steps per batch (today: one job after another)
@@ -24,8 +24,8 @@ import time
 import torch
 from torch import nn
 
-from mnist_lab.stacked import stack
-from mnist_lab.trainer import AutogradLearner
+from mnist_lab.train.learners import AutogradLearner
+from mnist_lab.train.stacked import stack
 
 N_TRAIN = 55_000
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from mnist_lab.evaluate import main
+from mnist_lab.saved.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,9 +2,9 @@
 
 import hydra
 
-import mnist_lab.config  # noqa: F401  (registers the schema and resolvers before composition)
-from mnist_lab import cli
-from mnist_lab.task import run_task
+import mnist_lab.config.schema  # noqa: F401  (registers the schema and resolvers before composition)
+from mnist_lab.app import cli
+from mnist_lab.job.task import run_task
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -14,9 +14,9 @@ import argparse
 import logging
 import sys
 
-from mnist_lab.callbacks import configured_settings, names
+from mnist_lab.app.callbacks import configured_settings, names
 from mnist_lab.errors import LabError
-from mnist_lab.summary import summarize
+from mnist_lab.results.summary import summarize
 
 
 def parse(argv: list[str] | None, defaults: dict) -> argparse.Namespace:

@@ -19,10 +19,12 @@ from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_lab.config import REPO_ROOT  # importing it registers the schema and the resolvers
-from mnist_lab.data import MnistTensors
-from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES
-from mnist_lab.trainer import AutogradLearner, TrainSettings
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.data.mnist import MnistTensors
+from mnist_lab.models.build import IN_FEATURES, N_CLASSES
+from mnist_lab.models.mlp import MLP
+from mnist_lab.train.learners import AutogradLearner
+from mnist_lab.train.loop import TrainSettings
 
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
@@ -70,7 +72,7 @@ def job_config(compose, tmp_path):
     """`job_config(overrides=(), output_dir=None) -> DictConfig`: the config a task function gets.
 
     Like Hydra's `run_job`: HydraConfig is set (output dir under tmp_path unless given) and the
-    returned config has no `hydra` node. Lets tests call `mnist_lab.task` functions in-process.
+    returned config has no `hydra` node. Lets tests call `mnist_lab.job.task` functions in-process.
     """
 
     def _job(overrides=(), output_dir: Path | None = None) -> DictConfig:

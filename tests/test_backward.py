@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mnist_lab.task import build_trainer
-from mnist_lab.weights import load_state
+from mnist_lab.job.task import build_trainer
+from mnist_lab.job.weights import load_state
 
 SMALL = ["epochs=2", "data.train_subset=2000", "trainer.device=cpu"]
 

@@ -1,8 +1,8 @@
 """Careless input ends in at most two lines that name the key or option and what is allowed,
-exit status 2, no traceback and no HYDRA_FULL_ERROR hint (mnist_lab.cli); HYDRA_FULL_ERROR=1 still
+exit status 2, no traceback and no HYDRA_FULL_ERROR hint (mnist_lab.app.cli); HYDRA_FULL_ERROR=1 still
 gives Hydra's full report.
 
-The table runs the real entry point (experiments/run.py's `main` through `mnist_lab.cli.run`)
+The table runs the real entry point (experiments/run.py's `main` through `mnist_lab.app.cli.run`)
 in-process, so that 40 cases cost seconds; a few cases also run as real subprocesses.
 """
 
@@ -17,7 +17,7 @@ import sys
 import pytest
 from conftest import RUN_PY
 
-from mnist_lab.cli import SweepFolder, explain
+from mnist_lab.app.cli import SweepFolder, explain
 from mnist_lab.errors import OutputError, SweepFailed
 
 OPTUNA = ("-m", "hparams_search=mlp_optuna")

@@ -10,12 +10,14 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from torch import nn
 
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import TRAIN_SIZE
+from mnist_lab.config.checks import parse_switch
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.data.mnist import TRAIN_SIZE
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import build_model, count_parameters
-from mnist_lab.schedule import lr_table
-from mnist_lab.validate import check_config, parse_switch, resolve_device
+from mnist_lab.job.checks import check_config
+from mnist_lab.models.build import build_model, count_parameters
+from mnist_lab.train.device import resolve_device
+from mnist_lab.train.schedule import lr_table
 
 CONF_DIR = REPO_ROOT / "conf"
 
@@ -49,7 +51,7 @@ def test_default_config_is_the_tutorial_recipe(compose):
     cfg = compose()
     check_config(cfg)
     assert list(cfg.model.hidden_sizes) == [128]
-    assert cfg.model._target_ == "mnist_lab.models.MLP"
+    assert cfg.model._target_ == "mnist_lab.models.mlp.MLP"
     assert cfg.model.activation.value == "relu"
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.optimizer.lr == 0.01
@@ -101,7 +103,7 @@ def test_data_settings(compose):
 def test_model_scratch_option(compose):
     cfg = compose(["model=scratch", "hidden=64"])
     check_config(cfg)
-    assert cfg.model._target_ == "mnist_lab.scratch.ScratchMLP"
+    assert cfg.model._target_ == "mnist_lab.models.scratch.ScratchMLP"
     assert list(cfg.model.hidden_sizes) == [64]
     assert cfg.model.init.value == "normal"
     assert cfg.model.init_std == 1.0

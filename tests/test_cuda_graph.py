@@ -12,8 +12,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.task import build_trainer
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.job.task import build_trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -93,8 +93,8 @@ def test_graph_matches_eager(case):
 @needs_cuda
 def test_best_weights_are_kept_from_the_captured_parameters(tmp_path):
     """The best epoch's copy reads the tensors the graph updates: it equals what that epoch saw."""
-    from mnist_lab.trainer import evaluate
-    from mnist_lab.weights import WeightKeeper, load_state
+    from mnist_lab.job.weights import WeightKeeper, load_state
+    from mnist_lab.train.loop import evaluate
 
     trainer = build_trainer(_cfg(["trainer.device=cuda", "trainer.cuda_graph=on", "epochs=3"]))
     keeper = WeightKeeper(trainer.learner.model, "both")

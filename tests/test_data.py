@@ -12,17 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mnist_lab import data as mnist_data
-from mnist_lab.config import REPO_ROOT, Normalize
-from mnist_lab.data import (
-    CACHE,
-    FILES,
-    TRAIN_SIZE,
-    deskew,
-    load_mnist,
-    load_raw,
-    split_indices,
-)
+from mnist_lab.config.schema import REPO_ROOT, Normalize
+from mnist_lab.data import mnist as mnist_data
+from mnist_lab.data.deskew import deskew
+from mnist_lab.data.mnist import CACHE, FILES, TRAIN_SIZE, load_mnist, load_raw, split_indices
 from mnist_lab.errors import DataError
 
 SHIPPED = REPO_ROOT / "data" / "mnist"

@@ -20,9 +20,9 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from mnist_lab import records
 from mnist_lab.errors import OutputError
-from mnist_lab.task import run_task
+from mnist_lab.job.task import run_task
+from mnist_lab.records import files
 
 QUICK = ["epochs=3", "data.train_subset=1000", "trainer.device=cpu", "trainer.save_figures=false"]
 
@@ -50,17 +50,17 @@ def _no_temp_files(folder: Path) -> bool:
 
 def test_atomic_write_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
     target = tmp_path / "result.json"
-    records.atomic_write_text(target, '{"epoch": 1}\n')
-    monkeypatch.setattr(records, "os", FullDisk(room=0))
+    files.atomic_write_text(target, '{"epoch": 1}\n')
+    monkeypatch.setattr(files, "os", FullDisk(room=0))
     with pytest.raises(OutputError, match=rf"cannot write {target}: No space left on device"):
-        records.atomic_write_text(target, '{"epoch": 2}\n')
+        files.atomic_write_text(target, '{"epoch": 2}\n')
     assert json.loads(target.read_text()) == {"epoch": 1} and _no_temp_files(tmp_path)
 
 
 def test_single_run_on_a_full_disk_exits_with_one_line(job_config, tmp_path, monkeypatch, caplog):
     cfg = job_config(QUICK)
     out = Path(HydraConfig.get().runtime.output_dir)
-    monkeypatch.setattr(records, "os", FullDisk(room=5))  # the disk fills up after epoch 1
+    monkeypatch.setattr(files, "os", FullDisk(room=5))  # the disk fills up after epoch 1
     with pytest.raises(SystemExit) as stop:
         run_task(cfg)
     assert stop.value.code == 2
@@ -76,7 +76,7 @@ def test_sweep_job_whose_record_cannot_be_written_fails_alone(
 ):
     cfg = job_config([*QUICK, "hydra.mode=MULTIRUN", "hydra.job.num=0"], tmp_path / "job")
     assert HydraConfig.get().mode == RunMode.MULTIRUN
-    monkeypatch.setattr(records, "os", FullDisk(room=0, error=errno.EROFS))
+    monkeypatch.setattr(files, "os", FullDisk(room=0, error=errno.EROFS))
     assert math.isnan(run_task(cfg))  # NaN: the sweeper records a failed trial and goes on
     assert any("Read-only file system" in r.getMessage() for r in caplog.records)
 

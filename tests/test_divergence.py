@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from mnist_lab.task import build_trainer
-from mnist_lab.trainer import Diverged, Trainer
+from mnist_lab.job.task import build_trainer
+from mnist_lab.train.loop import Diverged, Trainer
 
 
 class PrunerLike(Exception):

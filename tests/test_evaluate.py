@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_lab import predict
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.data import deskew
-from mnist_lab.evaluate import main
-from mnist_lab.models import build_model
-from mnist_lab.predict import is_dark_on_light, predict_files, read_gray, to_mnist
-from mnist_lab.records import WEIGHTS_FILES
-from mnist_lab.saved_run import open_run
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.data.deskew import deskew
+from mnist_lab.models.build import build_model
+from mnist_lab.records.format import WEIGHTS_FILES
+from mnist_lab.saved import predict
+from mnist_lab.saved.evaluate import main
+from mnist_lab.saved.predict import is_dark_on_light, predict_files, read_gray, to_mnist
+from mnist_lab.saved.run import open_run
 from mnist_lab.signals import Terminated
 
 RUN_PY = REPO_ROOT / "experiments" / "run.py"
@@ -260,7 +260,7 @@ def test_a_stopped_evaluation_says_so_in_one_line(monkeypatch, capsys, tmp_path,
     def stopped(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("mnist_lab.evaluate.open_run", stopped)
+    monkeypatch.setattr("mnist_lab.saved.evaluate.open_run", stopped)
     assert main([str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"evaluate: stopped by {name}"]

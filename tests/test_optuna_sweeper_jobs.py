@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 
 from hydra_plugins.mnist_lab_optuna_sweeper import _workers
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
-from mnist_lab import optuna_study
 from mnist_lab.errors import SweepFailed
+from mnist_lab.job import optuna_study
 from mnist_lab.signals import Terminated
 
 APP = Path(__file__).parent / "apps" / "fake_task.py"

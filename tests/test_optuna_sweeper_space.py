@@ -23,7 +23,7 @@ from hydra_plugins.mnist_lab_optuna_sweeper import (
 )
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from hydra_plugins.mnist_lab_optuna_sweeper._search_space import parse_search_space
-from mnist_lab import optuna_study
+from mnist_lab.job import optuna_study
 
 PARSER = OverridesParser.create()
 

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mnist_lab.records import read_record
+from mnist_lab.records.reading import read_record
 
 RUN_PY = Path(__file__).resolve().parent.parent / "experiments" / "run.py"
 EPOCHS = 2
@@ -129,7 +129,7 @@ def test_a_schema_race_is_retried_other_database_errors_are_not(monkeypatch, sql
     studydirection already exists" (seen in CI) is retried; a permission error is not."""
     from sqlalchemy.exc import ProgrammingError
 
-    from mnist_lab import optuna_study
+    from mnist_lab.job import optuna_study
 
     calls = []
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.task import build_trainer
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.job.task import build_trainer
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "conf/experiment").glob("*.yaml"))
 SEEDS = REPO_ROOT.parent / "shared" / "seeds"
@@ -30,7 +30,7 @@ RECIPES = {
     "lab_scratch_relu128": ([128], "relu", "logits", "SGD", 0.01, 64, 30, "none", True, "scratch"),
     "relu256_adam_half": ([256], "relu", "logits", "Adam", 0.001, 128, 10, "half", True, "mlp"),
 }  # fmt: skip
-MODELS = {"mlp": "mnist_lab.models.MLP", "scratch": "mnist_lab.scratch.ScratchMLP"}
+MODELS = {"mlp": "mnist_lab.models.mlp.MLP", "scratch": "mnist_lab.models.scratch.ScratchMLP"}
 
 
 def _compose(overrides, hydra_config=False):

@@ -1,4 +1,4 @@
-"""What a run trains (mnist_lab.recipe), and the Optuna study that keeps it across resumes."""
+"""What a run trains (mnist_lab.config.recipe), and the Optuna study that keeps it across resumes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from hydra_plugins.mnist_lab_optuna_sweeper._study_setup import keep_recipe
-from mnist_lab.recipe import is_recipe_key, recipe_of
+from mnist_lab.config.recipe import is_recipe_key, recipe_of
 
 
 def config(**changes):

@@ -9,17 +9,15 @@ from conftest import autograd_learner, model_values, settings, tiny_data
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES, build_model
-from mnist_lab.records import WEIGHTS_FILES
-from mnist_lab.scratch import ScratchMLP
-from mnist_lab.task import build_trainer
-from mnist_lab.trainer import (
-    EarlyStopping,
-    ScratchLearner,
-    Trainer,
-)
-from mnist_lab.validate import check_config
-from mnist_lab.weights import WeightKeeper, load_state
+from mnist_lab.job.checks import check_config
+from mnist_lab.job.task import build_trainer
+from mnist_lab.job.weights import WeightKeeper, load_state
+from mnist_lab.models.build import IN_FEATURES, N_CLASSES, build_model
+from mnist_lab.models.mlp import MLP
+from mnist_lab.models.scratch import ScratchMLP
+from mnist_lab.records.format import WEIGHTS_FILES
+from mnist_lab.train.learners import ScratchLearner
+from mnist_lab.train.loop import EarlyStopping, Trainer
 
 
 def build_mlp(hidden_sizes, **keys):

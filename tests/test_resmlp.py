@@ -12,10 +12,10 @@ from hydra.errors import ConfigCompositionException
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import build_model, count_parameters
-from mnist_lab.resmlp import ResMLP
-from mnist_lab.task import build_trainer
-from mnist_lab.validate import check_config
+from mnist_lab.job.checks import check_config
+from mnist_lab.job.task import build_trainer
+from mnist_lab.models.build import build_model, count_parameters
+from mnist_lab.models.resmlp import ResMLP
 
 QUICK = ["data.train_subset=1000", "batch_size=100", "epochs=1", "trainer.device=cpu"]
 
@@ -62,7 +62,7 @@ def test_dropout_only_in_training_mode():
 def test_config_builds_it_and_hidden_sets_its_width(compose):
     cfg = compose(["model=resmlp", "hidden=48", "model.depth=3", "model.activation=tanh"])
     check_config(cfg)
-    assert cfg.model._target_ == "mnist_lab.resmlp.ResMLP" and cfg.model.width == 48
+    assert cfg.model._target_ == "mnist_lab.models.resmlp.ResMLP" and cfg.model.width == 48
     model = build_model(cfg.model, torch.device("cpu"))
     assert isinstance(model, ResMLP) and len(model.blocks) == 3
     assert model.stem.out_features == 48
@@ -129,6 +129,6 @@ def test_a_sweep_over_models_records_and_summarises_each(run_cli):
     results = [json.loads((proc.sweep_dir / n / "result.json").read_text()) for n in "012"]
     assert [r["status"] for r in results] == ["completed"] * 3
     assert [r["choices"]["model"] for r in results] == ["mlp", "scratch", "resmlp"]
-    assert results[2]["config"]["model"]["_target_"] == "mnist_lab.resmlp.ResMLP"
+    assert results[2]["config"]["model"]["_target_"] == "mnist_lab.models.resmlp.ResMLP"
     summary = pd.read_csv(proc.sweep_dir / "summary.csv")
     assert sorted(summary["model"]) == ["mlp", "resmlp", "scratch"]

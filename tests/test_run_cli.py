@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mnist_lab.records import METRICS_COLUMNS
+from mnist_lab.records.format import METRICS_COLUMNS
 
 QUICK = ["epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
 # Measured on CPU with seed 0: 1 epoch of the default recipe on 10,000 images gives test accuracy

@@ -1,4 +1,4 @@
-"""The from-scratch MLP (mnist_lab/scratch.py) checked against autograd, and trained on real MNIST.
+"""The from-scratch MLP (mnist_lab/models/scratch.py) checked against autograd, and trained on real MNIST.
 
 Gradients are compared with autograd in float64 on random inputs; the real-MNIST test reruns the
 lab report's first epoch (shared/seeds/003_2b930a5284e316a8.txt: 784-128-10 ReLU, N(0, 1) init,
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_lab import scratch
-from mnist_lab.scratch import ACTIVATIONS, ScratchMLP, SoftmaxCrossEntropy
-from mnist_lab.trainer import ScratchLearner
+from mnist_lab.models import scratch
+from mnist_lab.models.scratch import ACTIVATIONS, ScratchMLP, SoftmaxCrossEntropy
+from mnist_lab.train.learners import ScratchLearner
 
 REPO = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,6 +1,6 @@
 """SIGINT and SIGTERM in a single run, a multirun, a joblib sweep and an Optuna study: the running
 jobs' records say `interrupted` / `terminated`, the process prints one line and exits 130 / 143
-with no traceback, and a second signal exits at once (mnist_lab.signals, mnist_lab.cli).
+with no traceback, and a second signal exits at once (mnist_lab.signals, mnist_lab.app.cli).
 
 Each run trains long enough to be stopped mid-way; the signal is sent once a job has recorded
 its first epoch.
@@ -23,9 +23,10 @@ from conftest import RUN_PY, autograd_learner, model_values, settings, tiny_data
 from optuna.trial import TrialState
 
 from mnist_lab import signals
-from mnist_lab.models import IN_FEATURES, MLP, N_CLASSES
-from mnist_lab.records import read_record
-from mnist_lab.trainer import Trainer
+from mnist_lab.models.build import IN_FEATURES, N_CLASSES
+from mnist_lab.models.mlp import MLP
+from mnist_lab.records.reading import read_record
+from mnist_lab.train.loop import Trainer
 
 LONG = ["epochs=100", "data.train_subset=1024", "trainer.device=cpu"]  # batch_size <= 1024
 STATUS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
@@ -101,7 +102,7 @@ def test_basic_multirun_records_the_running_job(tmp_path):
 )
 def test_joblib_workers_jobs_are_recorded(tmp_path, sig, group):
     """loky kills its workers with SIGKILL when the sweep stops: the sweep process marks the
-    records they left `running` (mnist_lab.records.mark_stopped), so none is left unfinished."""
+    records they left `running` (mnist_lab.records.reading.mark_stopped), so none is left unfinished."""
     args = ["-m", "hidden=16,32,64", *LONG, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     proc = _start(tmp_path, args)
     output = _stop_when_training(proc, tmp_path, sig, group=group)

@@ -1,4 +1,4 @@
-"""The stacked engine (mnist_lab/stacked.py) against autograd + torch.optim, one model at a time.
+"""The stacked engine (mnist_lab/train/stacked.py) against autograd + torch.optim, one model at a time.
 
 In float64 every member of a stack must follow its own single model step for step (1e-10):
 SGD with and without momentum, Nesterov, dampening and weight decay, Adam, AdamW, each activation,
@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_lab import stacked
-from mnist_lab.models import MLP
-from mnist_lab.scratch import ScratchMLP
-from mnist_lab.trainer import AutogradLearner, ScratchLearner
+from mnist_lab.models.mlp import MLP
+from mnist_lab.models.scratch import ScratchMLP
+from mnist_lab.train import stacked
+from mnist_lab.train.learners import AutogradLearner, ScratchLearner
 
 SGD, ADAM, ADAMW = torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW
 SETTINGS = {

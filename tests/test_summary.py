@@ -25,11 +25,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mnist_lab import records, summary
-from mnist_lab.callbacks import SummarizeCallback
-from mnist_lab.config import REPO_ROOT
-from mnist_lab.records import METRICS_COLUMNS
-from mnist_lab.summary import SummaryError, summarize
+from mnist_lab.app.callbacks import SummarizeCallback
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.records import files, reading
+from mnist_lab.records.format import METRICS_COLUMNS
+from mnist_lab.results import summary
+from mnist_lab.results.summary import SummaryError, summarize
 
 SUMMARIZE_PY = REPO_ROOT / "experiments" / "summarize.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,7 @@ def write_run(
     data_id: str = "eee3ce93c2df",
     deskew: bool | None = None,
 ) -> dict:
-    """A run record as mnist_lab.task writes it: metrics.csv rows for epochs 0.. and result.json.
+    """A run record as mnist_lab.job.task writes it: metrics.csv rows for epochs 0.. and result.json.
 
     `test_acc` holds the test accuracy of epochs 1..n (None: not measured, e.g. after divergence);
     epoch 0 is the untrained model at 0.1. An empty list writes no metrics.csv (failed early).
@@ -235,7 +236,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_summary_has_one_row_per_readable_record(lab, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="mnist_lab.summary"):
+    with caplog.at_level(logging.WARNING, logger="mnist_lab.results.summary"):
         result = run([lab], tmp_path / "out")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(lab / "runs" / "broken" / "result.json") in warnings[0]
@@ -494,7 +495,7 @@ def test_failed_write_leaves_old_file_and_no_temp(lab, tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(records.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         run([lab], out, plots=False, where="seed == 1")
     assert snapshot(out) == before
@@ -515,7 +516,7 @@ def test_single_run_and_no_completed_run(lab, tmp_path, caplog):
 
     out = tmp_path / "none"
     run([lab], out, plots=True)
-    with caplog.at_level(logging.INFO, logger="mnist_lab.summary_plots"):
+    with caplog.at_level(logging.INFO, logger="mnist_lab.results.plots"):
         result = run([lab], out, where="status != 'completed'", plots=True)
     assert len(result.runs) == 3 and result.grid.empty
     assert "(no completed runs)" in (out / "summary.md").read_text()
@@ -761,11 +762,11 @@ def test_a_run_killed_outright_reads_as_killed(tmp_path):
                 break
             time.sleep(0.1)
         assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
-        assert records.read_record(run_dir)["status"] == "running"  # alive: left alone
+        assert reading.read_record(run_dir)["status"] == "running"  # alive: left alone
     finally:
         proc.kill()  # SIGKILL: no handler runs, the record is not finished
         proc.wait()
     assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
-    assert records.read_record(run_dir)["status"] == "killed"
+    assert reading.read_record(run_dir)["status"] == "killed"
     runs = run([run_dir], tmp_path / "out").runs
     assert runs["status"].tolist() == ["killed"] and "pid" in runs["reason"][0]

@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lab import records, task
-from mnist_lab.models import count_parameters
-from mnist_lab.records import METRICS_COLUMNS, RunRecord
-from mnist_lab.trainer import batch_plan
+from mnist_lab.job import task
+from mnist_lab.models.build import count_parameters
+from mnist_lab.records import files
+from mnist_lab.records.format import METRICS_COLUMNS
+from mnist_lab.records.run_record import RunRecord
+from mnist_lab.train.loop import batch_plan
 
 QUICK = [
     "data.train_subset=2000",
@@ -27,7 +29,7 @@ QUICK = [
 
 
 def train_rows(job_config, tmp_path, name, overrides=(), spy=None, monkeypatch=None):
-    """Run `mnist_lab.task.train` in-process; returns (returned value, epoch rows, record)."""
+    """Run `mnist_lab.job.task.train` in-process; returns (returned value, epoch rows, record)."""
     if spy is not None:  # a forward hook: it sees the batches where the module's forward runs
         overrides = [*overrides, "trainer.backward=autograd"]  # (eager_epoch cuts them for both)
     cfg = job_config([*QUICK, *overrides], output_dir=tmp_path / name)
@@ -334,14 +336,14 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "result.json"
-    records.atomic_write_text(target, "old\n")
+    files.atomic_write_text(target, "old\n")
 
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(records.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError):
-        records.atomic_write_text(target, "new\n")
+        files.atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 

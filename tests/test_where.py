@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mnist_lab.where import FilterError, compile_where
+from mnist_lab.results.where import FilterError, compile_where
 
 RUNS = pd.DataFrame(
     {

@@ -2,9 +2,9 @@
 
 Like Hydra's BasicLauncher, jobs run in the launching process, each composed by
 `config_loader.load_sweep_config` with its `hydra.job.num`. Jobs whose configs give equal
-`mnist_lab.batched.group_key`s form a group, split into stacks that fit the memory
-(`mnist_lab.batched.capacity`, `max_batch`); a stack of two or more is trained by
-`mnist_lab.batched.train_group`. Every other job (no key, or left alone by the split) runs exactly
+`mnist_lab.job.group.group_key`s form a group, split into stacks that fit the memory
+(`mnist_lab.job.group.capacity`, `max_batch`); a stack of two or more is trained by
+`mnist_lab.job.group.train_group`. Every other job (no key, or left alone by the split) runs exactly
 as with the basic launcher, through Hydra's `run_job`.
 
 A member of a stack is still a full Hydra job. `_MemberJob` does for it what `run_job` does around
@@ -38,8 +38,8 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lab import batched
 from mnist_lab.errors import ConfigError
+from mnist_lab.job import group as batched
 
 log = logging.getLogger(__name__)
 

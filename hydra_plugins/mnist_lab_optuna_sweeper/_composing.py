@@ -14,7 +14,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from mnist_lab.optuna_study import TRIAL_ENV, one_line
+from mnist_lab.job.optuna_study import TRIAL_ENV, one_line
 
 from ._search_space import Param, quote, render_value
 from ._telling import tell
@@ -35,7 +35,7 @@ def job_overrides(
 
     Every job gets `hydra.sweep.subdir=trial_NNNN` (never reused: a sweep dir shared with another
     study gets a suffix), its trial number in `hydra.job.env_set`, the resolved study name and
-    (when the sweeper made it absolute) the storage URL, which `mnist_lab.trial_reporting` reads to report to the same trial. The trial's
+    (when the sweeper made it absolute) the storage URL, which `mnist_lab.job.trial_reporting` reads to report to the same trial. The trial's
     user attributes get the worker, a first heartbeat, the task overrides and the run folder.
     """
     task = list(fixed)

@@ -28,7 +28,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from mnist_lab.errors import SweepFailed
-from mnist_lab.optuna_study import display_url
+from mnist_lab.job.optuna_study import display_url
 from mnist_lab.signals import raise_pending
 
 from ._batches import Batches, counts

@@ -1,5 +1,5 @@
 """The study from config: its sampler and pruner (`hydra.sweeper.sampler`/`pruner`), its storage
-(through `mnist_lab.optuna_study`, which the jobs use too) and the study itself, created or loaded
+(through `mnist_lab.job.optuna_study`, which the jobs use too) and the study itself, created or loaded
 to resume.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
-from mnist_lab import optuna_study
-from mnist_lab.optuna_study import OptunaConfigError, display_url, hide_password, one_line
-from mnist_lab.recipe import recipe_of
+from mnist_lab.config.recipe import recipe_of
+from mnist_lab.job import optuna_study
+from mnist_lab.job.optuna_study import OptunaConfigError, display_url, hide_password, one_line
 
 from ._errors import SweeperError
 from .config import REMOVED_SAMPLERS
@@ -119,7 +119,7 @@ def keep_recipe(study: optuna.Study, config: DictConfig, searched: set[str]) -> 
     """A study's trials answer one question: a resumed study must train what it trained before.
 
     A new study stores the sweep's recipe (every config key that changes what is trained, as
-    written, the searched keys aside; mnist_lab.recipe); a resumed one is refused in one line when
+    written, the searched keys aside; mnist_lab.config.recipe); a resumed one is refused in one line when
     a key both know differs, say `epochs=5` then `epochs=15`, or a preset changed between versions.
     A key only one side has (searched in one sweep and fixed in the other, or new in this
     version) is not compared. A study from a version that stored no recipe is only warned about.

@@ -16,8 +16,8 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from mnist_lab.optuna_study import one_line
-from mnist_lab.records import read_record
+from mnist_lab.job.optuna_study import one_line
+from mnist_lab.records.reading import read_record
 from mnist_lab.signals import stop_status
 
 log = logging.getLogger(__name__)

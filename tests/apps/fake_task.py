@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import trial_reporting
+from mnist_lab.job import trial_reporting
 from mnist_lab.signals import Terminated
 
 

@@ -1,0 +1,63 @@
+"""A job's config checked before any data is loaded or any step taken: the values that types
+alone cannot refuse, each named by its key."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from mnist_lab.config.checks import check_fraction, check_positive, parse_switch
+from mnist_lab.data.mnist import TRAIN_SIZE
+from mnist_lab.errors import ConfigError
+
+
+def check_config(cfg) -> None:
+    """Refuse out-of-range values with the key named; types were already checked by the schema.
+
+    The model's own rules live with its schema (`check(cfg)` of the dataclass its YAML names).
+    """
+    data, trainer = cfg.data, cfg.trainer
+    model_check = getattr(OmegaConf.get_type(cfg.model), "check", None)
+    if model_check is not None:
+        model_check(cfg)
+    lr = cfg.optimizer.get("lr") if hasattr(cfg.optimizer, "get") else None
+    check_positive("optimizer.lr", lr)
+    check_positive("trainer.epochs", trainer.epochs)
+    if trainer.log_interval < 0:
+        raise ConfigError("trainer.log_interval", trainer.log_interval, "must be >= 0")
+    for key in ("progress", "cuda_graph", "save_figures"):
+        parse_switch(f"trainer.{key}", trainer[key])
+    _check_regularisation(trainer, data)
+    if not 0 <= data.val_size < TRAIN_SIZE:
+        raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
+    available = TRAIN_SIZE - data.val_size
+    if data.train_subset is not None and not 0 < data.train_subset <= available:
+        raise ConfigError("data.train_subset", data.train_subset, f"must be in [1, {available}]")
+    n_train = data.train_subset or available
+    if not 0 < data.batch_size <= n_train:
+        raise ConfigError(
+            "batch_size", data.batch_size, f"must be in [1, {n_train}] (the training split's size)"
+        )
+    check_positive("data.eval_batch_size", data.eval_batch_size)
+
+
+def _check_regularisation(trainer, data) -> None:
+    """Label smoothing, max-norm and early stopping: ranges, and what early stopping needs."""
+    check_fraction("trainer.label_smoothing", trainer.label_smoothing)
+    if trainer.max_norm is not None:
+        check_positive("trainer.max_norm", trainer.max_norm)
+    stopping = trainer.early_stopping
+    if stopping.min_delta < 0:
+        raise ConfigError("trainer.early_stopping.min_delta", stopping.min_delta, "must be >= 0")
+    if stopping.patience is None:
+        return
+    check_positive("trainer.early_stopping.patience", stopping.patience)
+    if data.val_size == 0:
+        raise ConfigError(
+            "trainer.early_stopping.patience", stopping.patience, "needs data.val_size > 0"
+        )
+    if not trainer.eval_every_epoch:
+        raise ConfigError(
+            "trainer.early_stopping.patience",
+            stopping.patience,
+            "needs trainer.eval_every_epoch=true",
+        )
