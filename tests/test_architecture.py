@@ -135,3 +135,59 @@ def test_no_import_cycle_in_mnist_lab():
 def test_no_private_names_across_modules_and_no_core_to_plugin_imports():
     found = violations()
     assert not found, "\n".join(f"{path} imports {what}" for path, what in sorted(found))
+
+
+# Rooms of mnist_lab (docs/ARCHITECTURE.md) and what each must never import: dependencies run one
+# way, so the results layer starts without torch and the training code knows no job or Hydra.
+NEVER = {
+    "records": {"config", "data", "models", "train", "job", "results", "saved", "app", "torch"},
+    "config": {"data", "models", "train", "job", "results", "saved", "app", "torch"},
+    "results": {"data", "models", "train", "job", "saved", "app", "torch"},
+    "data": {"models", "train", "job", "results", "saved", "app"},
+    "models": {"data", "train", "job", "results", "saved", "app"},
+    "train": {"job", "results", "saved", "app", "hydra"},
+    "job": {"results", "saved", "app"},
+    "saved": {"results", "app"},
+}
+
+
+def room_imports() -> dict[str, set[str]]:
+    """room -> what its modules import: mnist_lab rooms by name, other packages by top name."""
+    found: dict[str, set[str]] = {}
+    for path, tree in sources().items():
+        parts = Path(path).parts
+        if parts[0] != "mnist_lab" or len(parts) < 3:
+            continue
+        seen = found.setdefault(parts[1], set())
+        for module, names in imports(tree):
+            if module.startswith("."):
+                continue
+            if module == "mnist_lab":
+                seen.update(names)
+            elif module.startswith("mnist_lab."):
+                seen.add(module.split(".")[1])
+            else:
+                seen.add(module.split(".")[0])
+    return found
+
+
+def test_rooms_import_one_way():
+    found = room_imports()
+    assert set(NEVER) <= set(found), "a room of docs/ARCHITECTURE.md is missing"
+    broken = {room: sorted(found[room] & never) for room, never in NEVER.items()}
+    assert not any(broken.values()), broken
+
+
+def test_plugins_use_only_the_job_layers_public_names():
+    import mnist_lab.job
+
+    public = set(mnist_lab.job.__all__)
+    assert all(hasattr(mnist_lab.job, name) for name in public)
+    for path, tree in sources().items():
+        if not path.startswith("hydra_plugins/"):
+            continue
+        for module, names in imports(tree):
+            if module.split(".")[0] != "mnist_lab":
+                continue
+            assert module == "mnist_lab.job", f"{path} imports {module}"
+            assert set(names) <= public, f"{path} imports {set(names) - public} of mnist_lab.job"

@@ -2,9 +2,9 @@
 
 Like Hydra's BasicLauncher, jobs run in the launching process, each composed by
 `config_loader.load_sweep_config` with its `hydra.job.num`. Jobs whose configs give equal
-`mnist_lab.job.group.group_key`s form a group, split into stacks that fit the memory
-(`mnist_lab.job.group.capacity`, `max_batch`); a stack of two or more is trained by
-`mnist_lab.job.group.train_group`. Every other job (no key, or left alone by the split) runs exactly
+`mnist_lab.job.group_key`s form a group, split into stacks that fit the memory
+(`mnist_lab.job.capacity`, `max_batch`); a stack of two or more is trained by
+`mnist_lab.job.train_group`. Every other job (no key, or left alone by the split) runs exactly
 as with the basic launcher, through Hydra's `run_job`.
 
 A member of a stack is still a full Hydra job. `_MemberJob` does for it what `run_job` does around
@@ -38,8 +38,7 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lab.errors import ConfigError
-from mnist_lab.job import group as batched
+from mnist_lab.job import ConfigError, Job, capacity, group_key, train_group
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class BatchedLauncherImpl:
             job_cfg = copy.deepcopy(config)
             with read_write(job_cfg), open_dict(job_cfg):
                 del job_cfg["hydra"]
-            return batched.group_key(job_cfg)
+            return group_key(job_cfg)
         finally:
             HydraConfig.instance().cfg = previous
 
@@ -178,7 +177,7 @@ class BatchedLauncherImpl:
         job_cfg = copy.deepcopy(cfg)
         with read_write(job_cfg), open_dict(job_cfg):
             del job_cfg["hydra"]
-        cap = batched.capacity(job_cfg, self.memory_fraction, self.max_batch)
+        cap = capacity(job_cfg, self.memory_fraction, self.max_batch)
         return [members[i : i + cap] for i in range(0, len(members), cap)]
 
     def _run(self, configs, members: list[int]) -> list[JobReturn]:
@@ -208,7 +207,7 @@ class BatchedLauncherImpl:
             job.save_configs()
             with job.context():
                 callbacks.on_job_start(config=job.config, task_function=self.task_function)
-        outcomes = batched.train_group([batched.Job(j.cfg, j.context) for j in jobs], group)
+        outcomes = train_group([Job(j.cfg, j.context) for j in jobs], group)
         returns = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             ret = job.job_return(outcome)

@@ -14,7 +14,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from mnist_lab.job.optuna_study import TRIAL_ENV, one_line
+from mnist_lab.job import TRIAL_ENV, one_line
 
 from ._search_space import Param, quote, render_value
 from ._telling import tell

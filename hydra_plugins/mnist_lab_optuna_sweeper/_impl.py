@@ -27,9 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from mnist_lab.errors import SweepFailed
-from mnist_lab.job.optuna_study import display_url
-from mnist_lab.signals import raise_pending
+from mnist_lab.job import SweepFailed, display_url, raise_pending
 
 from ._batches import Batches, counts
 from ._errors import SweeperError

@@ -35,7 +35,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from mnist_lab.job.optuna_study import one_line
+from mnist_lab.job import one_line
 
 from ._errors import SweeperError
 

@@ -17,9 +17,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lab.job.optuna_study import display_url
-from mnist_lab.records.files import atomic_write_text
-from mnist_lab.records.reading import read_record
+from mnist_lab.job import atomic_write_text, display_url, read_record
 
 from ._search_space import shell_quote
 from ._telling import params_text

@@ -16,9 +16,17 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
-from mnist_lab.config.recipe import recipe_of
-from mnist_lab.job import optuna_study
-from mnist_lab.job.optuna_study import OptunaConfigError, display_url, hide_password, one_line
+from mnist_lab.job import (
+    OptunaConfigError,
+    display_url,
+    from_config,
+    hide_password,
+    keep_in_memory,
+    one_line,
+    open_storage,
+    recipe_of,
+)
+from mnist_lab.job import build_pruner as pruner_from_config
 
 from ._errors import SweeperError
 from .config import REMOVED_SAMPLERS
@@ -46,14 +54,14 @@ def build_sampler(
         raise SweeperError(f"hydra.sweeper.sampler: {target} needs `pip install cmaes`")
     extra = {"search_space": grid} if grid is not None else {}
     try:
-        return optuna_study.from_config(cfg, **extra)
+        return from_config(cfg, **extra)
     except OptunaConfigError as e:
         raise SweeperError(f"hydra.sweeper.sampler: {e}") from None
 
 
 def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
     try:
-        return optuna_study.build_pruner(cfg)
+        return pruner_from_config(cfg)
     except OptunaConfigError as e:
         raise SweeperError(f"hydra.sweeper.pruner: {e}") from None
 
@@ -80,7 +88,7 @@ def open_study(
 ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """Create the study or load it to resume; refuse one stored with other directions."""
     try:
-        storage = optuna_study.open_storage(url)
+        storage = open_storage(url)
         study = optuna.create_study(
             storage=storage,
             sampler=sampler,
@@ -102,7 +110,7 @@ def open_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(metric_names))
     if url is None:
-        optuna_study.keep_in_memory(study.study_name, storage)
+        keep_in_memory(study.study_name, storage)
     if seeded and study.get_trials(deepcopy=False):
         # A seeded sampler restarted on a resumed study would propose its first trials again.
         sampler.reseed_rng()

@@ -16,9 +16,7 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from mnist_lab.job.optuna_study import one_line
-from mnist_lab.records.reading import read_record
-from mnist_lab.signals import stop_status
+from mnist_lab.job import one_line, read_record, stop_status
 
 log = logging.getLogger(__name__)
 

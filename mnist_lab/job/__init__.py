@@ -1,0 +1,44 @@
+"""The job layer's public face: everything the Hydra plugins (the Optuna sweeper, the batched
+launcher) use of mnist_lab, and nothing else. The plugins import these names from `mnist_lab.job`
+only (tests/test_architecture.py checks it), so the rooms behind them can change freely."""
+
+from mnist_lab.config.recipe import recipe_of
+from mnist_lab.errors import ConfigError, SweepFailed
+from mnist_lab.job.group import Job, capacity, group_key, train_group
+from mnist_lab.job.optuna_study import (
+    TRIAL_ENV,
+    OptunaConfigError,
+    build_pruner,
+    display_url,
+    from_config,
+    hide_password,
+    keep_in_memory,
+    one_line,
+    open_storage,
+)
+from mnist_lab.records.files import atomic_write_text
+from mnist_lab.records.reading import read_record
+from mnist_lab.signals import raise_pending, stop_status
+
+__all__ = [
+    "TRIAL_ENV",
+    "ConfigError",
+    "Job",
+    "OptunaConfigError",
+    "SweepFailed",
+    "atomic_write_text",
+    "build_pruner",
+    "capacity",
+    "display_url",
+    "from_config",
+    "group_key",
+    "hide_password",
+    "keep_in_memory",
+    "one_line",
+    "open_storage",
+    "raise_pending",
+    "read_record",
+    "recipe_of",
+    "stop_status",
+    "train_group",
+]
