@@ -92,7 +92,9 @@ def test_a_run_saves_weights_that_load_safely(trained):
     assert not (trained / WEIGHTS_FILES["best"]).exists()
     state = torch.load(trained / WEIGHTS_FILES["final"], weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    model = build_model(open_run(trained).cfg.model, torch.device("cpu"))
+    run = open_run(trained)
+    assert (run.facts.in_features, run.facts.n_classes) == (784, 10)  # the run's dataset's
+    model = build_model(run.cfg.model, torch.device("cpu"), 784, 10)
     model.load_state_dict(state)  # strict: every key and shape matches the recorded config
 
 
