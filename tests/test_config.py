@@ -311,6 +311,14 @@ def assert_refused(cfg, key: str) -> ConfigError:
         (["data.eval_batch_size=0"], "data.eval_batch_size"),
         (["model=scratch", "optimizer=adam"], "optimizer"),
         (["data.normalize=zscore"], "data.normalize"),
+        # floats must be finite, named where they were written
+        (["lr=inf"], "lr"),
+        (["lr=nan"], "lr"),
+        (["optimizer.lr=-inf"], "optimizer.lr"),
+        (["optimizer=adam", "optimizer.weight_decay=nan"], "optimizer.weight_decay"),
+        (["model.dropout=nan"], "model.dropout"),
+        (["trainer.max_norm=inf"], "trainer.max_norm"),
+        (["data.dataset.normalization.mnist=[0.1307,inf]"], "data.dataset.normalization.mnist[1]"),
         # the dataset's description, checked by its loader
         (["data.dataset.image_shape=[784]"], "data.dataset.image_shape"),
         (["data.dataset.image_shape=[28,0]"], "data.dataset.image_shape[1]"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from mnist_lab.config.checks import check_fraction, check_positive, parse_switch
+from mnist_lab.config.checks import check_finite, check_fraction, check_positive, parse_switch
 from mnist_lab.data.dataset import dataset_facts
 from mnist_lab.errors import ConfigError
 
@@ -16,6 +16,7 @@ def check_config(cfg) -> None:
     The model's own rules live with its schema (`check(cfg)` of the dataclass its YAML names);
     the dataset's with its loader (`data.dataset`), whose facts bound the split sizes.
     """
+    check_finite(cfg)
     data, trainer = cfg.data, cfg.trainer
     model_check = getattr(OmegaConf.get_type(cfg.model), "check", None)
     if model_check is not None:
