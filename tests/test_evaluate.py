@@ -245,6 +245,43 @@ def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, case, messa
     assert message in err
 
 
+SAVED_RUN_TARGETS = {
+    "model": lambda r: r["config"]["model"].update(_target_="this.s"),
+    "optimizer": lambda r: r["config"]["optimizer"].update(_target_="this.SGD"),
+    "dataset": lambda r: r["config"]["data"]["dataset"].update(_target_="this.d"),
+    "free-form": lambda r: r["config"].update(preset={"note": {"_target_": "this.s"}}),
+}
+
+
+@pytest.mark.parametrize("where", [*SAVED_RUN_TARGETS, "override"])
+def test_a_saved_run_naming_a_class_outside_the_allow_list_is_refused_unimported(
+    trained, tmp_path, capsys, where
+):
+    """A run folder is data: a `_target_` that is not one of the project's models or dataset
+    loaders or a torch.optim optimizer is refused in one line, and its module never imported
+    (`this` prints the Zen of Python when imported: nothing here imports it otherwise)."""
+    assert "this" not in sys.modules
+    run = copy_run(trained, tmp_path)
+    args = [str(run)]
+    if where == "override":
+        args.append("model._target_=this.s")
+    else:
+        break_record(run, SAVED_RUN_TARGETS[where])
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "this" not in sys.modules and captured.out == ""
+    assert captured.err.startswith("evaluate: error: ") and captured.err.count("\n") == 1
+    assert "='this." in captured.err and "a saved run is data" in captured.err
+
+
+def test_a_saved_run_naming_a_moved_model_path_still_loads(trained, tmp_path, capsys):
+    """The allow-list knows the model paths of the layout before rooms (records.reading)."""
+    run = copy_run(trained, tmp_path)
+    break_record(run, lambda r: r["config"]["model"].update(_target_="mnist_lab.models.MLP"))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert "matches the record to 4 decimals" in capsys.readouterr().out
+
+
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     proc = cli([tmp_path / "nothing"], cwd=tmp_path)
     assert proc.returncode == 2

@@ -3,8 +3,10 @@
 Everything a later command needs to rebuild the trained model comes from the run folder: the
 config is the record's `config` (the resolved job config), composed onto the same schema the run
 used and checked by the same rules, with `key=value` overrides on top (say another `data.root`);
-the weights are the file the record's `weights` names, loaded with `weights_only=True`. Each way
-this can go wrong is a `RunError`: one line naming the folder or file and what to do.
+the weights are the file the record's `weights` names, loaded with `weights_only=True`. The record
+is data: every `_target_` it names is checked against an allow-list before anything is built
+(`mnist_lab.saved.targets`). Each way this can go wrong is a `RunError` (or `TargetRefused`): one
+line naming the folder or file and what to do.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mnist_lab.job.weights import load_state
 from mnist_lab.models.build import build_model
 from mnist_lab.records.format import RESULT_FILE
 from mnist_lab.records.reading import read_record
+from mnist_lab.saved.targets import check_targets
 
 WHICH = ("best", "final")
 
@@ -64,7 +67,8 @@ SCHEMA_GROUPS = ("model", "optimizer", "scheduler", "trainer")
 
 def compose(record: dict, overrides: list[str]) -> DictConfig:
     """The record's config on this version's schemas (the group options the run chose, composed
-    by Hydra from conf/), `key=value` overrides on top, checked like a run's config."""
+    by Hydra from conf/), `key=value` overrides on top, its `_target_`s checked against the
+    allow-list, then checked like a run's config."""
     choices = {g: o for g, o in (record.get("choices") or {}).items() if g in SCHEMA_GROUPS}
     config = record["config"]
     try:
@@ -77,6 +81,7 @@ def compose(record: dict, overrides: list[str]) -> DictConfig:
         cfg = OmegaConf.merge(base, config)
         cfg.merge_with_dotlist(list(overrides))
         OmegaConf.to_container(cfg, throw_on_missing=True)  # a key the record lacks
+        check_targets(OmegaConf.to_container(cfg, resolve=True))
     except (OmegaConfBaseException, HydraException) as e:
         message = str(e).strip().splitlines()[0]
         raise RunError(
