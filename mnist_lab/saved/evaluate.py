@@ -9,7 +9,8 @@ its loss and accuracy on the validation and test sets are printed next to the re
 (the same data and weights give the same numbers), with per-class test accuracy and the confusion
 matrix; `confusion.png`, `samples.png` and `metrics.json` go to `--out` (default RUN_DIR/eval).
 With images (files or folders of PNG/JPEG): one line per image, its predicted class and
-probability, and `predictions.png` showing the inputs as the model saw them.
+probability, and `predictions.png` showing the inputs as the model saw them. The output folder is
+checked before anything is evaluated.
 
 `study=NAME` evaluates the best trial of an Optuna study (best by the study's objective, the
 validation accuracy) through its `run_dir` attribute; `storage` defaults to the one the project's
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from omegaconf import OmegaConf
 from mnist_lab import signals
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.data.dataset import DataTensors
-from mnist_lab.errors import LabError
+from mnist_lab.errors import LabError, OutputError
 from mnist_lab.job.figures import (
     confusion_matrix,
     predictions,
@@ -113,9 +115,19 @@ def report(run: SavedRun, result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def writable_folder(out: Path) -> None:
+    """`out` made if needed and written to once (a temp file, removed), so a folder that cannot
+    take the outputs is refused before the evaluation runs, not after it printed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+
+
 def write_outputs(run: SavedRun, result: Evaluation, out: Path) -> list[Path]:
     """confusion.png, samples.png (as the run draws them) and metrics.json, each atomically."""
-    out.mkdir(parents=True, exist_ok=True)
     save_confusion(result.confusion, result.data.facts.class_names, out / "confusion.png")
     save_sample_grid(result.data, result.test_pred, out / "samples.png")
     summary = {
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {args.study}: best trial {number}, run folder {run_dir}")
         run = open_run(run_dir, args.overrides, args.weights)
         out = args.out or run.run_dir / EVAL_DIR
+        writable_folder(out)
         if args.images:
             from mnist_lab.saved.predict import predict_files
 

@@ -7,12 +7,13 @@ grayscale (transparency flattened onto white), inverted when its border is light
 middle (a dark digit on light paper), background lifted to 0 and the brightest stroke to 1,
 cropped to the ink, resized to fit the box with antialiasing, centred by mass, deskewed when the
 run's data was (`data.deskew`), then normalised with the run's own `data.normalize` statistics.
-Pillow reads the files; torch does the rest.
+Pillow reads the files (refusing pictures too large to decode safely); torch does the rest.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -54,12 +55,19 @@ def read_gray(path: Path) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            gray = img.convert("L")
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses twice that: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                    rgba = img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+                gray = img.convert("L")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise LabError(
+            f"{path}: too large to read safely ({e.args[0].split(',')[0]}); scale it down"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         raise LabError(f"{path}: not a readable PNG or JPEG image ({e})") from e
     data = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8)
