@@ -33,7 +33,7 @@ from torch import nn
 
 import mnist_lab.config.schema  # noqa: F401  (registers the schema)
 from mnist_lab.config.schema import REPO_ROOT
-from mnist_lab.data.mnist import FILES, load_raw
+from mnist_lab.data.dataset import dataset_of
 from mnist_lab.job.task import build_trainer
 from mnist_lab.train.device import resolve_device
 
@@ -48,12 +48,14 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    root = REPO_ROOT / "data/mnist"
-    load_raw(str(root), str(root), False)  # checked once
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        data_cfg = compose("config").data
+    root, dataset = Path(data_cfg.root), dataset_of(data_cfg)
+    dataset.read(root, root, False)  # checked once
     raw = Path(tempfile.mkdtemp()) / "MNIST" / "raw"  # torchvision's own layout, as tutorials use
     raw.mkdir(parents=True)
-    for name in FILES:
-        (raw / name).write_bytes(gzip.decompress((root / f"{name}.gz").read_bytes()))
+    for gz in dataset.files.values():
+        (raw / gz.removesuffix(".gz")).write_bytes(gzip.decompress((root / gz).read_bytes()))
     transform = transforms.Compose(
         [
             transforms.ToTensor(),

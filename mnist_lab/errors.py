@@ -14,7 +14,7 @@ class ConfigError(LabError):
 
 
 class DataError(LabError):
-    """The MNIST files are missing, truncated or do not match their checksums."""
+    """The dataset's files are missing, truncated or do not match their checksums."""
 
 
 class OutputError(LabError, OSError):

@@ -20,8 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_lab.config.schema import REPO_ROOT
-from mnist_lab.data.mnist import MnistTensors
-from mnist_lab.models.build import IN_FEATURES, N_CLASSES
+from mnist_lab.data.dataset import DatasetFacts, DataTensors
 from mnist_lab.models.mlp import MLP
 from mnist_lab.train.learners import AutogradLearner
 from mnist_lab.train.loop import TrainSettings
@@ -29,6 +28,8 @@ from mnist_lab.train.loop import TrainSettings
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
 RUN_PY = REPO / "experiments" / "run.py"
+# MNIST's shapes (conf/data/mnist.yaml), for models and data the tests make without files.
+IN_FEATURES, N_CLASSES = 28 * 28, 10
 
 
 @pytest.fixture
@@ -159,9 +160,16 @@ def postgres_url(postgres_server, request):
 def tiny_data(n=256, seed=0):
     """A learnable 10-class problem in MNIST's shapes, made here (no files)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n + 128, 784, generator=g)
+    x = torch.randn(n + 128, IN_FEATURES, generator=g)
     y = x[:, :10].argmax(1)
-    return MnistTensors(
+    facts = DatasetFacts(
+        image_shape=(28, 28),
+        class_names=tuple(map(str, range(N_CLASSES))),
+        train_size=n,
+        test_size=64,
+        normalization={"none": (0.0, 1.0)},
+    )
+    return DataTensors(
         train_x=x,
         train_y=y,
         train_idx=torch.arange(n),
@@ -170,6 +178,7 @@ def tiny_data(n=256, seed=0):
         test_x=x[n + 64 :],
         test_y=y[n + 64 :],
         fingerprint={"id": "made-by-the-test"},
+        facts=facts,
     )
 
 

@@ -45,7 +45,10 @@ CASES = [
     (["hidden=[1,2"], "cannot parse override 'hidden=[1,2'"),
     (["hidden="], "hidden=: Value '' of type 'str' could not be converted to Integer"),
     (["=3"], "an override is key=value"),
-    (["data.normalize=foo"], "expected one of [mnist, half, none]"),
+    (["data.normalize=foo"], "data.normalize='foo' is not allowed: one of mnist, half, none"),
+    (["lr=inf"], "lr=inf is not allowed: must be a finite number"),
+    (["lr=nan"], "lr=nan is not allowed: must be a finite number"),
+    (["optimizer.lr=-inf"], "optimizer.lr=-inf is not allowed: must be a finite number"),
     (
         ["trainer.cuda_graph=maybe"],
         "trainer.cuda_graph='maybe' is not allowed: one of auto, on, off",

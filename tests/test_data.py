@@ -1,45 +1,56 @@
-"""The data layer on the real MNIST files shipped in data/mnist."""
+"""The data layer on the real MNIST files shipped in data/mnist, and a dataset a test adds."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from mnist_lab.config.schema import REPO_ROOT, Normalize
-from mnist_lab.data import mnist as mnist_data
+from mnist_lab.config.schema import CONF_DIR, REPO_ROOT
+from mnist_lab.data import idx
+from mnist_lab.data.dataset import dataset_of, load_data, split_indices
 from mnist_lab.data.deskew import deskew
-from mnist_lab.data.mnist import CACHE, FILES, TRAIN_SIZE, load_mnist, load_raw, split_indices
+from mnist_lab.data.idx import CACHE, DIGEST
 from mnist_lab.errors import DataError
 
 SHIPPED = REPO_ROOT / "data" / "mnist"
 CPU = torch.device("cpu")
+TRAIN_SIZE = 60_000
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+MNIST_DATASET = OmegaConf.load(CONF_DIR / "data" / "mnist.yaml").dataset  # the files and facts
+FILES = [name.removesuffix(".gz") for name in MNIST_DATASET.files.values()]
+SHIPPED_ID = "eee3ce93c2df"  # the fingerprint's id of the shipped files (records keep it)
 
 
 def data_cfg(**changes):
-    """A data config as the schema hands it to load_mnist (enums for choices)."""
+    """A data config as the job hands it to load_data (conf/data/mnist.yaml's dataset)."""
     values = dict(
+        dataset=MNIST_DATASET,
         root=str(SHIPPED),
         cache_dir=str(SHIPPED),
         download=False,
-        normalize=Normalize.mnist,
+        normalize="mnist",
         deskew=False,
         val_size=5000,
         split_seed=0,
         train_subset=None,
     )
     values.update(changes)
-    if isinstance(values["normalize"], str):
-        values["normalize"] = Normalize(values["normalize"])
-    return SimpleNamespace(**values)
+    return OmegaConf.create(values)
+
+
+def load_raw(root, cache_dir, download=False):
+    """MNIST's files in `root` as the loader reads them (uint8 images, the fingerprint)."""
+    return dataset_of(data_cfg()).read(Path(root), Path(cache_dir), download)
 
 
 @pytest.fixture
@@ -73,7 +84,7 @@ def test_raw_shapes_dtypes_and_label_counts():
 
 
 def test_tensors_shapes_and_default_split():
-    d = load_mnist(data_cfg(), CPU)
+    d = load_data(data_cfg(), CPU)
     assert d.train_x.shape == (60000, 784) and d.train_x.dtype == torch.float32
     assert d.test_x.shape == (10000, 784) and d.test_y.shape == (10000,)
     assert d.val_x.shape == (5000, 784) and d.val_y.shape == (5000,)
@@ -82,28 +93,28 @@ def test_tensors_shapes_and_default_split():
 
 
 def test_normalisation_mnist_gives_zero_mean_unit_std():
-    d = load_mnist(data_cfg(normalize="mnist"), CPU)
+    d = load_data(data_cfg(normalize="mnist"), CPU)
     assert float(d.train_x.mean()) == pytest.approx(0.0, abs=2e-3)
     assert float(d.train_x.std()) == pytest.approx(1.0, abs=2e-3)
     assert float(d.train_x.min()) == pytest.approx(-0.1307 / 0.3081, rel=1e-5)
 
 
 def test_normalisation_none_is_pixels_in_unit_interval():
-    d = load_mnist(data_cfg(normalize="none"), CPU)
+    d = load_data(data_cfg(normalize="none"), CPU)
     assert float(d.train_x.min()) == 0.0 and float(d.train_x.max()) == 1.0
     assert float(d.train_x.mean()) == pytest.approx(0.1307, abs=1e-3)
     assert float(d.test_x.min()) == 0.0 and float(d.test_x.max()) == 1.0
 
 
 def test_normalisation_half_maps_to_minus_one_one():
-    d = load_mnist(data_cfg(normalize="half"), CPU)
+    d = load_data(data_cfg(normalize="half"), CPU)
     assert float(d.train_x.min()) == -1.0 and float(d.train_x.max()) == 1.0
     assert float(d.test_x.min()) == -1.0 and float(d.test_x.max()) == 1.0
 
 
 def test_validation_split_and_train_do_not_overlap():
-    d = load_mnist(data_cfg(), CPU)
-    train_idx, val_idx = split_indices(5000, 0, None)
+    d = load_data(data_cfg(), CPU)
+    train_idx, val_idx = split_indices(TRAIN_SIZE, 5000, 0, None)
     assert torch.equal(d.train_idx, train_idx)
     train_set, val_set = set(train_idx.tolist()), set(val_idx.tolist())
     assert len(train_set) == 55000 and len(val_set) == 5000
@@ -114,35 +125,35 @@ def test_validation_split_and_train_do_not_overlap():
 
 
 def test_split_is_deterministic_for_a_split_seed():
-    a_train, a_val = split_indices(5000, 3, None)
-    b_train, b_val = split_indices(5000, 3, None)
+    a_train, a_val = split_indices(TRAIN_SIZE, 5000, 3, None)
+    b_train, b_val = split_indices(TRAIN_SIZE, 5000, 3, None)
     assert torch.equal(a_train, b_train) and torch.equal(a_val, b_val)
-    c_train, c_val = split_indices(5000, 4, None)
+    c_train, c_val = split_indices(TRAIN_SIZE, 5000, 4, None)
     assert not torch.equal(a_val, c_val)
     # the split does not depend on the global RNG state
     torch.manual_seed(123)
-    assert torch.equal(split_indices(5000, 3, None)[1], a_val)
+    assert torch.equal(split_indices(TRAIN_SIZE, 5000, 3, None)[1], a_val)
 
 
 def test_val_size_zero_trains_on_everything():
-    d = load_mnist(data_cfg(val_size=0), CPU)
+    d = load_data(data_cfg(val_size=0), CPU)
     assert d.n_train == TRAIN_SIZE
     assert len(d.val_y) == 0 and d.val_x.shape == (0, 784)
 
 
 def test_train_subset_takes_the_first_rows_of_the_training_split():
-    full_train, val = split_indices(5000, 0, None)
-    sub_train, sub_val = split_indices(5000, 0, 1234)
+    full_train, val = split_indices(TRAIN_SIZE, 5000, 0, None)
+    sub_train, sub_val = split_indices(TRAIN_SIZE, 5000, 0, 1234)
     assert len(sub_train) == 1234
     assert torch.equal(sub_train, full_train[:1234]) and torch.equal(sub_val, val)
-    d = load_mnist(data_cfg(train_subset=1234), CPU)
+    d = load_data(data_cfg(train_subset=1234), CPU)
     assert d.n_train == 1234 and len(d.val_y) == 5000
     assert not set(d.train_idx.tolist()) & set(val.tolist())
 
 
 def test_loaded_once_per_process():
-    a = load_mnist(data_cfg(), CPU)
-    b = load_mnist(data_cfg(train_subset=100), CPU)
+    a = load_data(data_cfg(), CPU)
+    b = load_data(data_cfg(train_subset=100), CPU)
     assert a.train_x is b.train_x and a.test_x is b.test_x
 
 
@@ -250,23 +261,48 @@ def test_fingerprint_of_the_shipped_files_matches_the_manifest():
     )
     assert {f["name"]: f["sha256"] for f in fingerprint["files"]} == manifest
     assert [f["items"] for f in fingerprint["files"]] == [60000, 60000, 10000, 10000]
-    assert len(fingerprint["id"]) == 12
+    assert fingerprint["id"] == SHIPPED_ID
 
 
-def test_damaged_cached_copy_is_remade(mnist_copy, tmp_path):
+def zero_cached_test_labels(cache) -> Path:
+    """Set every test label of the unpacked copy in `cache` to 0 (its size and header kept)."""
+    (copy,) = Path(cache).rglob("t10k-labels-idx1-ubyte")
+    copy.write_bytes(copy.read_bytes()[:8] + bytes(10000))
+    return copy
+
+
+@pytest.mark.parametrize("damage", ["labels zeroed", "truncated", "digest lost"])
+def test_damaged_cached_copy_is_remade_with_one_warning(mnist_copy, tmp_path, caplog, damage):
+    """The unpacked copy no longer holds what its .gz holds: it is never served, but remade."""
     cache = tmp_path / "cache"
-    load_raw(str(mnist_copy), str(cache), False)
+    shipped = load_raw(str(mnist_copy), str(cache))
     (copy,) = cache.rglob("t10k-labels-idx1-ubyte")
-    copy.write_bytes(copy.read_bytes()[:100])
+    if damage == "labels zeroed":  # the same size and a valid IDX file: only the digest tells
+        zero_cached_test_labels(cache)
+    elif damage == "truncated":
+        copy.write_bytes(copy.read_bytes()[:100])
+    else:
+        copy.with_name(copy.name + DIGEST).unlink()
     os.utime(mnist_copy / "t10k-labels-idx1-ubyte.gz")  # a touched file is read again
-    test_y = load_raw(str(mnist_copy), str(cache), False).test_y
-    assert torch.bincount(test_y, minlength=10).tolist() == TEST_COUNTS
-    assert copy.stat().st_size == 8 + 10000
+    with caplog.at_level(logging.WARNING, logger="mnist_lab.data.idx"):
+        again = load_raw(str(mnist_copy), str(cache))
+    assert torch.bincount(again.test_y, minlength=10).tolist() == TEST_COUNTS
+    assert again.fingerprint == shipped.fingerprint
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"remaking the unpacked copy {copy}") and "\n" not in warning
+    assert (
+        copy.read_bytes()[8:]
+        == gzip.decompress((mnist_copy / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
+    )
+    caplog.clear()
+    os.utime(mnist_copy / "t10k-labels-idx1-ubyte.gz")
+    load_raw(str(mnist_copy), str(cache))  # the remade copy is served as it is
+    assert not caplog.records
 
 
 def test_missing_folder_or_file_is_one_line_naming_it(mnist_copy, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(mnist_data, "_download", lambda *a: calls.append(a))
+    monkeypatch.setattr(idx, "_download", lambda *a: calls.append(a))
     with pytest.raises(DataError) as info:
         load_raw(str(tmp_path / "nowhere"), str(tmp_path / "cache"), False)
     assert_one_line_naming(info.value, tmp_path / "nowhere")
@@ -339,6 +375,33 @@ def test_cli_bad_data_is_one_line_exit_2(mnist_copy, run_cli, damage):
     assert record["status"] == "failed" and record["refused"]  # bad input: never a result
 
 
+def test_cli_damaged_cache_is_remade_and_the_record_names_the_data_trained_on(
+    mnist_copy, tmp_path, run_cli
+):
+    """Test labels zeroed in the unpacked copy: the run warns, trains and tests on the data the
+    .gz files hold (not chance-level test accuracy), and its fingerprint is theirs."""
+    cache = tmp_path / "cache"
+    shipped = load_raw(str(mnist_copy), str(cache)).fingerprint
+    copy = zero_cached_test_labels(cache)
+    proc = run_cli(
+        [
+            f"data.root={mnist_copy}",
+            f"data.cache_dir={cache}",
+            "epochs=1",
+            "data.train_subset=2000",
+            "trainer.device=cpu",
+            "trainer.save_figures=false",
+        ]
+    )
+    assert proc.returncode == 0, proc.output
+    (warning,) = [line for line in proc.output.splitlines() if "WARNING" in line]
+    assert f"remaking the unpacked copy {copy}" in warning
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["status"] == "completed" and record["final"]["test/acc"] > 0.5
+    assert record["data"] == shipped and record["data"]["id"] == SHIPPED_ID
+    assert int.from_bytes(copy.read_bytes()[8:9]) == 7  # the first test label, restored
+
+
 def moments(images):
     """Centre of mass (row, col) and shear cov(row, col) / var(row) of each (28, 28) image."""
     rows = torch.arange(28.0).view(1, 28, 1)
@@ -385,16 +448,125 @@ def test_deskew_leaves_blank_images_blank_and_an_upright_centred_one_nearly_as_i
 
 def test_deskew_applies_to_train_val_and_test_alike():
     raw = load_raw(str(SHIPPED), str(SHIPPED), False)
-    plain = load_mnist(data_cfg(normalize="none"), CPU)
-    d = load_mnist(data_cfg(normalize="none", deskew=True), CPU)
+    plain = load_data(data_cfg(normalize="none"), CPU)
+    d = load_data(data_cfg(normalize="none", deskew=True), CPU)
     assert not torch.equal(plain.train_x, d.train_x)  # both cached side by side
     assert d.deskewed and not plain.deskewed
     expected_test = deskew(raw.test_x.float() / 255.0).reshape(10_000, -1)
     assert torch.allclose(d.test_x, expected_test)
     expected_train = deskew(raw.train_x[:100].float() / 255.0).reshape(100, -1)
     assert torch.allclose(d.train_x[:100], expected_train)
-    assert torch.equal(d.val_x, d.train_x[split_indices(5000, 0, None)[1]])
+    assert torch.equal(d.val_x, d.train_x[split_indices(TRAIN_SIZE, 5000, 0, None)[1]])
     # MNIST's own digits lean: deskewing removes nearly all of it.
     lean = moments(raw.test_x[:2000].float())[2].abs().mean()
     left = moments(d.test_x[:2000].reshape(-1, 28, 28))[2].abs().mean()
     assert lean > 0.15 and left < 0.2 * lean
+
+
+# ---------------------------------------------------------------------------------------------
+# a dataset added in one room: one YAML of the test's own, in a config folder of its own
+
+
+TINY_YAML = """\
+# Three classes of 8x8 images: the bright band says which.
+defaults:
+  - /schema/mnist_lab.data.idx.IdxDatasetConfig@dataset
+  - _self_
+dataset:
+  _target_: mnist_lab.data.idx.IdxDataset
+  files:
+    train_images: bands-train-images.gz
+    train_labels: bands-train-labels.gz
+    test_images: bands-test-images.gz
+    test_labels: bands-test-labels.gz
+  image_shape: [8, 8]
+  classes: [left, middle, right]
+  train_items: 300
+  test_items: 90
+  normalization:
+    plain: [0.0, 1.0]
+root: {root}
+cache_dir: {root}
+download: false
+normalize: plain
+deskew: false
+val_size: 60
+split_seed: 0
+shuffle: true
+drop_last: false
+train_subset: null
+batch_size: ${{batch_size}}
+eval_batch_size: 1000
+"""
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> str:
+    """`tensor` (uint8) as a gzipped IDX file; returns the file's SHA-256."""
+    header = bytes([0, 0, idx.UNSIGNED_BYTE, tensor.dim()])
+    header += b"".join(size.to_bytes(4, "big") for size in tensor.shape)
+    blob = gzip.compress(header + tensor.numpy().tobytes(), mtime=0)
+    path.write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def bands(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n noisy 8x8 images whose label (0-2) is the column band drawn brighter."""
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    images = torch.randint(0, 90, (n, 8, 8), generator=generator)
+    for k, cols in enumerate((slice(0, 3), slice(3, 5), slice(5, 8))):
+        images[labels == k, :, cols] += 150
+    return images.to(torch.uint8), labels.to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def bands_dataset(tmp_path_factory):
+    """(config folder with data/bands.yaml, {file name: SHA-256}) of a dataset the test makes."""
+    folder = tmp_path_factory.mktemp("bands")
+    root, conf = folder / "files", folder / "conf"
+    root.mkdir()
+    (conf / "data").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    digests = {}
+    for split, n in (("train", 300), ("test", 90)):
+        images, labels = bands(n, generator)
+        digests[f"bands-{split}-images.gz"] = write_idx(root / f"bands-{split}-images.gz", images)
+        digests[f"bands-{split}-labels.gz"] = write_idx(root / f"bands-{split}-labels.gz", labels)
+    (conf / "data" / "bands.yaml").write_text(TINY_YAML.format(root=root))
+    return conf, digests
+
+
+def test_a_dataset_added_by_its_own_config_trains_end_to_end(bands_dataset, run_cli, capsys):
+    """One YAML in a config folder of the run's own (`--config-dir`), no code: the model is sized
+    by the dataset (64 inputs, 3 classes), the record names the data, the figures and the
+    evaluation use its class names."""
+    conf, digests = bands_dataset
+    proc = run_cli(
+        [
+            "--config-dir",
+            str(conf),
+            "data=bands",
+            "epochs=3",
+            "batch_size=30",
+            "lr=0.1",
+            "hidden=16",
+            "trainer.device=cpu",
+        ]
+    )
+    assert proc.returncode == 0, proc.output
+    record = json.loads((proc.run_dir / "result.json").read_text())
+    assert record["status"] == "completed" and record["choices"]["data"] == "bands"
+    assert record["param_count"] == (64 * 16 + 16) + (16 * 3 + 3)
+    assert record["n_train"] == 240 and record["n_val"] == 60
+    assert {f["name"]: f["sha256"] for f in record["data"]["files"]} == digests
+    combined = "".join(f"{f['sha256']}  {f['name']}\n" for f in record["data"]["files"])
+    assert record["data"]["id"] == hashlib.sha256(combined.encode()).hexdigest()[:12]
+    assert [f["items"] for f in record["data"]["files"]] == [300, 300, 90, 90]
+    assert record["final"]["test/acc"] > 0.9  # learnable: the bands are far apart
+    assert (proc.run_dir / "samples.png").is_file() and (proc.run_dir / "confusion.png").is_file()
+
+    from mnist_lab.saved.evaluate import main
+
+    assert main([str(proc.run_dir), "--out", str(proc.run_dir / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "matches the record to 4 decimals" in out
+    assert "per-class test accuracy: left: " in out and "middle: " in out and "right: " in out

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import tempfile
+import zlib
+from pathlib import Path
 
 import optuna
 import pytest
@@ -92,7 +97,9 @@ def test_a_run_saves_weights_that_load_safely(trained):
     assert not (trained / WEIGHTS_FILES["best"]).exists()
     state = torch.load(trained / WEIGHTS_FILES["final"], weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    model = build_model(open_run(trained).cfg.model, torch.device("cpu"))
+    run = open_run(trained)
+    assert (run.facts.in_features, run.facts.n_classes) == (784, 10)  # the run's dataset's
+    model = build_model(run.cfg.model, torch.device("cpu"), 784, 10)
     model.load_state_dict(state)  # strict: every key and shape matches the recorded config
 
 
@@ -184,6 +191,46 @@ def break_record(run, change):
     (run / "result.json").write_text(json.dumps(result))
 
 
+def huge_png(path, width=14_000, height=14_000):
+    """A black PNG of width x height pixels: 0.2 MB on disk, 196 MB decoded (a decompression
+    bomb, as Pillow calls it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # filter byte 0, then black pixels
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def read_only_folder():
+    """A folder nothing can be written to: a read-only tmpfs where this process may mount one
+    (root, as in CI), else a folder without write permission."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-ro-"))
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        folder.rmdir()
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:  # root without the right to mount: root writes anywhere else
+        folder.rmdir()
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+    folder.rmdir()
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -198,9 +245,13 @@ def break_record(run, change):
         ("unknown_key", "does not fit this version's schema or the overrides"),
         ("no_study", "no such study in sqlite:///"),
         ("no_database", "no such database file"),
+        ("decompression_bomb", "bomb.png: too large to read safely (Image size (196000000 pixels)"),
+        ("read_only_out", "Read-only file system"),
+        ("out_is_a_file", "taken.txt: File exists"),
+        ("out_below_a_file", "taken.txt/eval: Not a directory"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, case, message):
+def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, request, case, message):
     run = copy_run(trained, tmp_path)
     args = [str(run)]
     if case == "not_a_run":
@@ -237,10 +288,58 @@ def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, case, messa
         if case == "no_study":
             optuna.create_study(study_name="other", storage=url)
         args = ["study=nope", f"storage={url}"]
+    elif case == "decompression_bomb":
+        args.append(str(huge_png(tmp_path / "bomb.png")))
+    elif case == "read_only_out":
+        args += ["--out", str(request.getfixturevalue("read_only_folder") / "eval")]
+    elif case in ("out_is_a_file", "out_below_a_file"):
+        taken = tmp_path / "taken.txt"
+        taken.write_text("a file where the output folder should be\n")
+        args += ["--out", str(taken if case == "out_is_a_file" else taken / "eval")]
     assert main(args) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert err.startswith("evaluate: error: ") and err.count("\n") == 1, err
     assert message in err
+    if case.startswith(("read_only", "out_")):  # refused before evaluating: nothing printed
+        assert captured.out == "" and err.startswith("evaluate: error: cannot write ")
+
+
+SAVED_RUN_TARGETS = {
+    "model": lambda r: r["config"]["model"].update(_target_="this.s"),
+    "optimizer": lambda r: r["config"]["optimizer"].update(_target_="this.SGD"),
+    "dataset": lambda r: r["config"]["data"]["dataset"].update(_target_="this.d"),
+    "free-form": lambda r: r["config"].update(preset={"note": {"_target_": "this.s"}}),
+}
+
+
+@pytest.mark.parametrize("where", [*SAVED_RUN_TARGETS, "override"])
+def test_a_saved_run_naming_a_class_outside_the_allow_list_is_refused_unimported(
+    trained, tmp_path, capsys, where
+):
+    """A run folder is data: a `_target_` that is not one of the project's models or dataset
+    loaders or a torch.optim optimizer is refused in one line, and its module never imported
+    (`this` prints the Zen of Python when imported: nothing here imports it otherwise)."""
+    assert "this" not in sys.modules
+    run = copy_run(trained, tmp_path)
+    args = [str(run)]
+    if where == "override":
+        args.append("model._target_=this.s")
+    else:
+        break_record(run, SAVED_RUN_TARGETS[where])
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "this" not in sys.modules and captured.out == ""
+    assert captured.err.startswith("evaluate: error: ") and captured.err.count("\n") == 1
+    assert "='this." in captured.err and "a saved run is data" in captured.err
+
+
+def test_a_saved_run_naming_a_moved_model_path_still_loads(trained, tmp_path, capsys):
+    """The allow-list knows the model paths of the layout before rooms (records.reading)."""
+    run = copy_run(trained, tmp_path)
+    break_record(run, lambda r: r["config"]["model"].update(_target_="mnist_lab.models.MLP"))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert "matches the record to 4 decimals" in capsys.readouterr().out
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):

@@ -53,7 +53,7 @@ def test_preset_composes_to_its_source_recipe(preset):
     assert cfg.model._target_ == MODELS[model]
     assert cfg.optimizer._target_ == f"torch.optim.{opt}" and cfg.optimizer.lr == lr
     assert cfg.data.batch_size == batch and cfg.trainer.epochs == epochs
-    assert cfg.data.normalize.value == norm and cfg.data.shuffle == shuffle
+    assert cfg.data.normalize == norm and cfg.data.shuffle == shuffle
     source = cfg.preset.source
     assert source.startswith("shared/seeds/")
     if SEEDS.is_dir():  # the write-ups sit beside the checkout in this workplace

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import autograd_learner, model_values, settings, tiny_data
+from conftest import IN_FEATURES, N_CLASSES, autograd_learner, model_values, settings, tiny_data
 from torch import nn
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.job.checks import check_config
 from mnist_lab.job.task import build_trainer
 from mnist_lab.job.weights import WeightKeeper, load_state
-from mnist_lab.models.build import IN_FEATURES, N_CLASSES, build_model
+from mnist_lab.models.build import build_model
 from mnist_lab.models.mlp import MLP
 from mnist_lab.models.scratch import ScratchMLP
 from mnist_lab.records.format import WEIGHTS_FILES
@@ -219,7 +219,7 @@ def test_max_norm_bounds_every_row_after_each_step(kind):
 
 def test_input_dropout_drops_pixels_in_training_only(compose):
     cfg = compose(["model.input_dropout=0.5", "hidden=8"])
-    model = build_model(cfg.model, torch.device("cpu"))
+    model = build_model(cfg.model, torch.device("cpu"), IN_FEATURES, N_CLASSES)
     assert isinstance(model[0], nn.Dropout) and model[0].p == 0.5
     assert isinstance(model[1], nn.Linear)
     x = torch.ones(2, 784)
@@ -328,8 +328,11 @@ def test_a_trial_that_stops_early_is_complete_not_pruned(run_cli, tmp_path):
 
 def test_resmlp_takes_input_dropout_too(compose):
     model = build_model(
-        compose(["model=resmlp", "model.input_dropout=0.25", "hidden=8"]).model, "cpu"
+        compose(["model=resmlp", "model.input_dropout=0.25", "hidden=8"]).model,
+        "cpu",
+        IN_FEATURES,
+        N_CLASSES,
     )
     assert isinstance(model.input_dropout, nn.Dropout) and model.input_dropout.p == 0.25
-    plain = build_model(compose(["model=resmlp", "hidden=8"]).model, "cpu")
+    plain = build_model(compose(["model=resmlp", "hidden=8"]).model, "cpu", IN_FEATURES, N_CLASSES)
     assert isinstance(plain.input_dropout, nn.Identity)  # off: the model is as before

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import IN_FEATURES, N_CLASSES
 from hydra.errors import ConfigCompositionException
 from torch import nn
 
@@ -63,7 +64,7 @@ def test_config_builds_it_and_hidden_sets_its_width(compose):
     cfg = compose(["model=resmlp", "hidden=48", "model.depth=3", "model.activation=tanh"])
     check_config(cfg)
     assert cfg.model._target_ == "mnist_lab.models.resmlp.ResMLP" and cfg.model.width == 48
-    model = build_model(cfg.model, torch.device("cpu"))
+    model = build_model(cfg.model, torch.device("cpu"), IN_FEATURES, N_CLASSES)
     assert isinstance(model, ResMLP) and len(model.blocks) == 3
     assert model.stem.out_features == 48
     assert any(isinstance(m, nn.Tanh) for m in model.modules())

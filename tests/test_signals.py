@@ -19,11 +19,18 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import RUN_PY, autograd_learner, model_values, settings, tiny_data
+from conftest import (
+    IN_FEATURES,
+    N_CLASSES,
+    RUN_PY,
+    autograd_learner,
+    model_values,
+    settings,
+    tiny_data,
+)
 from optuna.trial import TrialState
 
 from mnist_lab import signals
-from mnist_lab.models.build import IN_FEATURES, N_CLASSES
 from mnist_lab.models.mlp import MLP
 from mnist_lab.records.reading import read_record
 from mnist_lab.train.loop import Trainer

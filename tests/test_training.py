@@ -36,8 +36,8 @@ def train_rows(job_config, tmp_path, name, overrides=(), spy=None, monkeypatch=N
     if spy is not None:
         build = task.build_model
 
-        def spied_build(model_cfg, device):
-            model = build(model_cfg, device)
+        def spied_build(*args):
+            model = build(*args)
             model.register_forward_pre_hook(spy)
             return model
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+from omegaconf import OmegaConf
+
 from mnist_lab.errors import ConfigError
 
 SWITCH = {"auto": "auto", "on": True, "true": True, "off": False, "false": False}
@@ -33,3 +37,26 @@ def check_layer_sizes(key: str, sizes) -> None:
         raise ConfigError(key, list(sizes), "at least one layer")
     for i, size in enumerate(sizes):
         check_positive(f"{key}[{i}]", size)
+
+
+def check_finite(cfg) -> None:
+    """Every float in the config is a finite number: `inf` and `nan` parse as floats but would
+    train a diverging run. Named where it was written (`lr=inf`, not `optimizer.lr` that
+    interpolates it); then, for a value a resolver made, where it was read."""
+    for resolve in (False, True):
+        container = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+        for key, value in leaves(container):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(key, value, "must be a finite number")
+
+
+def leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of a container, list items as `key[i]`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from leaves(value, f"{prefix}[{i}]")
+    else:
+        yield prefix, node

@@ -14,12 +14,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Config keys that do not change what is trained, so they never make two recipes: the seeds (they
-# make replicates), the preset's notes, where the files are (the data's fingerprint says what they
-# held), the device (recorded beside) and what is shown.
+# make replicates), the preset's notes, where the files are and how they are described (the data's
+# fingerprint says what they held; `data.normalize` which of the dataset's statistics were used),
+# the device (recorded beside) and what is shown.
 NOT_RECIPE = (
     "seed",
     "trainer.seed",
     "preset",
+    "data.dataset",
     "data.root",
     "data.cache_dir",
     "data.download",

@@ -26,12 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
-class Normalize(str, Enum):
-    mnist = "mnist"
-    half = "half"
-    none = "none"
-
-
 class MatmulPrecision(str, Enum):
     highest = "highest"
     high = "high"
@@ -47,10 +41,13 @@ class SchedulerName(str, Enum):
 
 @dataclass
 class DataConfig:
+    # What the files are: the loader and its description, whose schema the data YAML names
+    # (`/schema/<module.Class>@dataset`, like a model's).
+    dataset: Any = MISSING
     root: str = MISSING
     cache_dir: str = MISSING
     download: bool = MISSING
-    normalize: Normalize = MISSING
+    normalize: str = MISSING  # an entry of the dataset's normalization table (job.checks)
     deskew: bool = MISSING
     val_size: int = MISSING
     split_seed: int = MISSING

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from mnist_lab.config.checks import check_fraction, check_positive, parse_switch
-from mnist_lab.data.mnist import TRAIN_SIZE
+from mnist_lab.config.checks import check_finite, check_fraction, check_positive, parse_switch
+from mnist_lab.data.dataset import dataset_facts
 from mnist_lab.errors import ConfigError
 
 
 def check_config(cfg) -> None:
     """Refuse out-of-range values with the key named; types were already checked by the schema.
 
-    The model's own rules live with its schema (`check(cfg)` of the dataclass its YAML names).
+    The model's own rules live with its schema (`check(cfg)` of the dataclass its YAML names);
+    the dataset's with its loader (`data.dataset`), whose facts bound the split sizes.
     """
+    check_finite(cfg)
     data, trainer = cfg.data, cfg.trainer
     model_check = getattr(OmegaConf.get_type(cfg.model), "check", None)
     if model_check is not None:
@@ -27,9 +29,15 @@ def check_config(cfg) -> None:
     for key in ("progress", "cuda_graph", "save_figures"):
         parse_switch(f"trainer.{key}", trainer[key])
     _check_regularisation(trainer, data)
-    if not 0 <= data.val_size < TRAIN_SIZE:
-        raise ConfigError("data.val_size", data.val_size, f"must be in [0, {TRAIN_SIZE})")
-    available = TRAIN_SIZE - data.val_size
+    facts = dataset_facts(data)
+    if data.normalize not in facts.normalization:
+        raise ConfigError(
+            "data.normalize", data.normalize, f"one of {', '.join(facts.normalization)}"
+        )
+    train_size = facts.train_size
+    if not 0 <= data.val_size < train_size:
+        raise ConfigError("data.val_size", data.val_size, f"must be in [0, {train_size})")
+    available = train_size - data.val_size
     if data.train_subset is not None and not 0 < data.train_subset <= available:
         raise ConfigError("data.train_subset", data.train_subset, f"must be in [1, {available}]")
     n_train = data.train_subset or available

@@ -1,4 +1,5 @@
-"""Pictures the write-ups show: test digits with true/predicted labels, and a confusion matrix."""
+"""Pictures the write-ups show: test images with true/predicted labels, and a confusion matrix,
+labelled with the dataset's own class names."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mnist_lab.data.mnist import MnistTensors
-from mnist_lab.models.build import N_CLASSES
+from mnist_lab.data.dataset import DataTensors
 from mnist_lab.records.files import atomic_write_bytes
 
 
@@ -25,7 +25,7 @@ def _save(fig, path: Path) -> None:
 
 
 @torch.no_grad()
-def predictions(model, data: MnistTensors, batch: int = 10_000) -> torch.Tensor:
+def predictions(model, data: DataTensors, batch: int = 10_000) -> torch.Tensor:
     model.eval()
     preds = torch.cat(
         [model(data.test_x[s : s + batch]).argmax(1) for s in range(0, len(data.test_y), batch)]
@@ -34,16 +34,17 @@ def predictions(model, data: MnistTensors, batch: int = 10_000) -> torch.Tensor:
     return preds.cpu()
 
 
-def confusion_matrix(truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """counts[t, p]: test images of digit t predicted as p."""
-    flat = truth.long() * N_CLASSES + pred.long()
-    return torch.bincount(flat, minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
+def confusion_matrix(truth: torch.Tensor, pred: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """counts[t, p]: test images of class t predicted as p."""
+    flat = truth.long() * n_classes + pred.long()
+    return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int = 32) -> None:
+def save_sample_grid(data: DataTensors, pred: torch.Tensor, path: Path, n: int = 32) -> None:
     """The first n test images, titled `true→pred`; misclassified ones in red."""
-    truth = data.test_y.cpu()
-    images = data.test_x[:n].cpu().reshape(-1, 28, 28).numpy()
+    truth, names = data.test_y.cpu(), data.facts.class_names
+    n = min(n, len(truth))
+    images = data.test_x[:n].cpu().reshape(-1, *data.facts.image_shape).numpy()
     cols = 8
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(cols * 1.2, n / cols * 1.4))
     for i, ax in enumerate(axes.flat):
@@ -52,22 +53,26 @@ def save_sample_grid(data: MnistTensors, pred: torch.Tensor, path: Path, n: int 
             continue
         ax.imshow(images[i], cmap="gray")
         wrong = bool(pred[i] != truth[i])
-        ax.set_title(f"{truth[i]}→{pred[i]}", color="red" if wrong else "black", fontsize=9)
+        title = f"{names[int(truth[i])]}→{names[int(pred[i])]}"
+        ax.set_title(title, color="red" if wrong else "black", fontsize=9)
     shown = "test images, deskewed" if data.deskewed else "test images"
     fig.suptitle(f"{shown}: true→predicted (red: misclassified)")
     fig.tight_layout()
     _save(fig, path)
 
 
-def save_confusion(counts: torch.Tensor, path: Path) -> None:
+def save_confusion(counts: torch.Tensor, class_names, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(counts.numpy(), cmap="Blues")
-    for t in range(N_CLASSES):
-        for p in range(N_CLASSES):
+    n = len(class_names)
+    for t in range(n):
+        for p in range(n):
             value = int(counts[t, p])
             color = "white" if value > counts.max() / 2 else "black"
             ax.text(p, t, value, ha="center", va="center", fontsize=7, color=color)
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(N_CLASSES), yticks=range(N_CLASSES))
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
+    ax.set_xticklabels(class_names)
+    ax.set_yticklabels(class_names)
     accuracy = counts.diag().sum().item() / counts.sum().item()
     ax.set_title(f"confusion matrix (test accuracy {accuracy:.2%})")
     fig.colorbar(im, ax=ax)
@@ -75,7 +80,8 @@ def save_confusion(counts: torch.Tensor, path: Path) -> None:
     _save(fig, path)
 
 
-def save_figures(model, data: MnistTensors, run_dir: Path) -> None:
+def save_figures(model, data: DataTensors, run_dir: Path) -> None:
     pred = predictions(model, data)
     save_sample_grid(data, pred, Path(run_dir) / "samples.png")
-    save_confusion(confusion_matrix(data.test_y.cpu(), pred), Path(run_dir) / "confusion.png")
+    counts = confusion_matrix(data.test_y.cpu(), pred, data.facts.n_classes)
+    save_confusion(counts, data.facts.class_names, Path(run_dir) / "confusion.png")

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
+from mnist_lab.data.dataset import dataset_facts
 from mnist_lab.job.checks import check_config
 from mnist_lab.job.task import (
     RecordedRun,
@@ -76,7 +77,8 @@ def _probe(cfg: DictConfig) -> stacked.Member | None:
         return None  # not in the stacked maths
     if trainer.early_stopping.patience is not None:
         return None  # a per-member stop rule the group loop does not apply
-    model = build_model(cfg.model, torch.device("cpu"))
+    facts = dataset_facts(cfg.data)
+    model = build_model(cfg.model, torch.device("cpu"), facts.in_features, facts.n_classes)
     return stacked.member_of(build_learner(cfg, model, 1, capture=False))
 
 

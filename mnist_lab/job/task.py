@@ -24,7 +24,7 @@ from torch import nn
 
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
-from mnist_lab.data.mnist import load_mnist
+from mnist_lab.data.dataset import load_data
 from mnist_lab.errors import ConfigError, LabError, OutputError
 from mnist_lab.job import trial_reporting
 from mnist_lab.job.checks import check_config
@@ -156,8 +156,8 @@ def build_trainer(cfg: DictConfig, multirun: bool = False, stackable: bool = Fal
     device = resolve_device(cfg.trainer.device)
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
-    data = load_mnist(cfg.data, device)
-    model = build_model(cfg.model, device)
+    data = load_data(cfg.data, device)
+    model = build_model(cfg.model, device, data.facts.in_features, data.facts.n_classes)
     settings = train_settings(cfg, multirun)
     steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
     capture = _use_cuda_graph(cfg, device)

@@ -9,17 +9,13 @@ from torch import nn
 
 from mnist_lab.errors import ConfigError
 
-IN_FEATURES = 28 * 28
 
-
-N_CLASSES = 10
-
-
-def build_model(model_cfg, device: torch.device):
-    """The configured model on `device`: whatever `model_cfg._target_` builds from its keys."""
+def build_model(model_cfg, device: torch.device, in_features: int, out_features: int):
+    """The configured model on `device`: whatever `model_cfg._target_` builds from its keys, for
+    the dataset's input size (pixels of an image) and output size (classes)."""
     keys = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
     try:
-        model = instantiate(keys, in_features=IN_FEATURES, out_features=N_CLASSES)
+        model = instantiate(keys, in_features=in_features, out_features=out_features)
     except Exception as e:  # an unknown class, or a key its signature does not take
         cause = e.__cause__ or e
         raise ConfigError("model", keys.get("_target_"), f"{cause}") from e

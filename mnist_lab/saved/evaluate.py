@@ -1,4 +1,4 @@
-"""Evaluate a saved run, or classify the user's own digit images with it.
+"""Evaluate a saved run, or classify the user's own images with it.
 
     python experiments/evaluate.py RUN_DIR [key=value ...] [--weights best|final] [--out DIR]
     python experiments/evaluate.py study=NAME [storage=URL] [key=value ...]
@@ -8,8 +8,9 @@ Without images: the model is rebuilt from the run's recorded config with its sav
 its loss and accuracy on the validation and test sets are printed next to the record's figures
 (the same data and weights give the same numbers), with per-class test accuracy and the confusion
 matrix; `confusion.png`, `samples.png` and `metrics.json` go to `--out` (default RUN_DIR/eval).
-With images (files or folders of PNG/JPEG): one line per image, its predicted digit and
-probability, and `predictions.png` showing the inputs as the model saw them.
+With images (files or folders of PNG/JPEG): one line per image, its predicted class and
+probability, and `predictions.png` showing the inputs as the model saw them. The output folder is
+checked before anything is evaluated.
 
 `study=NAME` evaluates the best trial of an Optuna study (best by the study's objective, the
 validation accuracy) through its `run_dir` attribute; `storage` defaults to the one the project's
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +31,8 @@ from omegaconf import OmegaConf
 
 from mnist_lab import signals
 from mnist_lab.config.schema import REPO_ROOT
-from mnist_lab.data.mnist import MnistTensors
-from mnist_lab.errors import LabError
+from mnist_lab.data.dataset import DataTensors
+from mnist_lab.errors import LabError, OutputError
 from mnist_lab.job.figures import (
     confusion_matrix,
     predictions,
@@ -38,7 +40,6 @@ from mnist_lab.job.figures import (
     save_sample_grid,
 )
 from mnist_lab.job.task import build_trainer
-from mnist_lab.models.build import N_CLASSES
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.format import EVAL_KEYS
 from mnist_lab.saved.run import SavedRun, best_trial_run_dir, load_weights, open_run
@@ -57,12 +58,12 @@ def default_storage() -> str:
 class Evaluation:
     metrics: dict  # val/loss, val/acc, test/loss, test/acc
     confusion: torch.Tensor  # counts[true, predicted] on the test set
-    data: MnistTensors
+    data: DataTensors
     test_pred: torch.Tensor
 
     @property
     def per_class(self) -> list[float]:
-        """Test accuracy of each digit."""
+        """Test accuracy of each class."""
         return (self.confusion.diag() / self.confusion.sum(1).clamp_min(1)).tolist()
 
 
@@ -77,7 +78,7 @@ def measure(run: SavedRun) -> Evaluation:
     pred = predictions(model, data)
     return Evaluation(
         metrics=dict(zip(EVAL_KEYS, (*val, *test), strict=True)),
-        confusion=confusion_matrix(data.test_y.cpu(), pred),
+        confusion=confusion_matrix(data.test_y.cpu(), pred, data.facts.n_classes),
         data=data,
         test_pred=pred,
     )
@@ -103,19 +104,31 @@ def report(run: SavedRun, result: Evaluation) -> str:
             if differ
             else "matches the record to 4 decimals"
         )
-    per_class = "  ".join(f"{d}: {a:.2%}" for d, a in enumerate(result.per_class))
+    names = result.data.facts.class_names
+    per_class = "  ".join(f"{n}: {a:.2%}" for n, a in zip(names, result.per_class, strict=True))
     lines.append(f"per-class test accuracy: {per_class}")
-    lines.append("test confusion matrix (rows: true digit, columns: predicted):")
-    lines.append("     " + "".join(f"{p:>6}" for p in range(N_CLASSES)))
-    for t, row in enumerate(result.confusion.tolist()):
-        lines.append(f"{t:>5}" + "".join(f"{v:>6}" for v in row))
+    lines.append("test confusion matrix (rows: true class, columns: predicted):")
+    cell = max(6, *(len(n) + 1 for n in names))
+    lines.append(" " * cell + "".join(f"{n:>{cell}}" for n in names))
+    for name, row in zip(names, result.confusion.tolist(), strict=True):
+        lines.append(f"{name:>{cell}}" + "".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)
+
+
+def writable_folder(out: Path) -> None:
+    """`out` made if needed and written to once (a temp file, removed), so a folder that cannot
+    take the outputs is refused before the evaluation runs, not after it printed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
 
 
 def write_outputs(run: SavedRun, result: Evaluation, out: Path) -> list[Path]:
     """confusion.png, samples.png (as the run draws them) and metrics.json, each atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_confusion(result.confusion, out / "confusion.png")
+    save_confusion(result.confusion, result.data.facts.class_names, out / "confusion.png")
     save_sample_grid(result.data, result.test_pred, out / "samples.png")
     summary = {
         "run_dir": str(run.run_dir),
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {args.study}: best trial {number}, run folder {run_dir}")
         run = open_run(run_dir, args.overrides, args.weights)
         out = args.out or run.run_dir / EVAL_DIR
+        writable_folder(out)
         if args.images:
             from mnist_lab.saved.predict import predict_files
 

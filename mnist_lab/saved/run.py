@@ -3,8 +3,10 @@
 Everything a later command needs to rebuild the trained model comes from the run folder: the
 config is the record's `config` (the resolved job config), composed onto the same schema the run
 used and checked by the same rules, with `key=value` overrides on top (say another `data.root`);
-the weights are the file the record's `weights` names, loaded with `weights_only=True`. Each way
-this can go wrong is a `RunError`: one line naming the folder or file and what to do.
+the weights are the file the record's `weights` names, loaded with `weights_only=True`. The record
+is data: every `_target_` it names is checked against an allow-list before anything is built
+(`mnist_lab.saved.targets`). Each way this can go wrong is a `RunError` (or `TargetRefused`): one
+line naming the folder or file and what to do.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lab.config.schema import CONF_DIR
+from mnist_lab.data.dataset import DatasetFacts, dataset_facts
 from mnist_lab.errors import LabError
 from mnist_lab.job.checks import check_config
 from mnist_lab.job.weights import load_state
 from mnist_lab.models.build import build_model
 from mnist_lab.records.format import RESULT_FILE
 from mnist_lab.records.reading import read_record
+from mnist_lab.saved.targets import check_targets
 
 WHICH = ("best", "final")
 
@@ -41,6 +45,7 @@ class SavedRun:
     cfg: DictConfig
     which: str  # "best" or "final"
     weights: Path
+    facts: DatasetFacts  # of the dataset the run trained on (its record's `data.dataset`)
 
     @property
     def epoch(self) -> int | None:
@@ -54,19 +59,29 @@ class SavedRun:
 
 
 # Config groups whose choice selects a schema; presets and searches are already in `config`.
-SCHEMA_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer")
+# Not `data`: the record holds its dataset's whole description (a dataset the run found in a
+# config folder of its own included), which replaces the default's; a record from before
+# `data.dataset` existed trained on MNIST, the default.
+SCHEMA_GROUPS = ("model", "optimizer", "scheduler", "trainer")
 
 
 def compose(record: dict, overrides: list[str]) -> DictConfig:
     """The record's config on this version's schemas (the group options the run chose, composed
-    by Hydra from conf/), `key=value` overrides on top, checked like a run's config."""
+    by Hydra from conf/), `key=value` overrides on top, its `_target_`s checked against the
+    allow-list, then checked like a run's config."""
     choices = {g: o for g, o in (record.get("choices") or {}).items() if g in SCHEMA_GROUPS}
+    config = record["config"]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             base = hydra_compose("config", overrides=[f"{g}={o}" for g, o in choices.items()])
-        cfg = OmegaConf.merge(base, record["config"])
+        data = config.get("data") if isinstance(config, dict) else None
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if dataset is not None:
+            OmegaConf.update(base, "data.dataset", dataset, merge=False)
+        cfg = OmegaConf.merge(base, config)
         cfg.merge_with_dotlist(list(overrides))
         OmegaConf.to_container(cfg, throw_on_missing=True)  # a key the record lacks
+        check_targets(OmegaConf.to_container(cfg, resolve=True))
     except (OmegaConfBaseException, HydraException) as e:
         message = str(e).strip().splitlines()[0]
         raise RunError(
@@ -108,7 +123,7 @@ def open_run(run_dir, overrides: list[str] = (), which: str | None = None) -> Sa
     if not weights.is_file():
         raise RunError(f"{weights}: named by the record but missing")
     cfg = compose(record, overrides)
-    return SavedRun(run_dir, record, cfg, which, weights)
+    return SavedRun(run_dir, record, cfg, which, weights, dataset_facts(cfg.data))
 
 
 def _setting(record: dict) -> str:
@@ -131,7 +146,7 @@ def load_weights(run: SavedRun, model, device) -> None:
 
 def rebuild_model(run: SavedRun, device):
     """The model the run trained, its weights loaded, in eval mode, on `device`."""
-    model = build_model(run.cfg.model, device)
+    model = build_model(run.cfg.model, device, run.facts.in_features, run.facts.n_classes)
     load_weights(run, model, device)
     model.eval()
     return model

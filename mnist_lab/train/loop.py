@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_lab.data.mnist import MnistTensors
+from mnist_lab.data.dataset import DataTensors
 from mnist_lab.records.format import EVAL_KEYS, METRIC_KEYS
 from mnist_lab.signals import raise_pending
 from mnist_lab.train.learners import Learner
@@ -126,7 +126,7 @@ class EarlyStopping:
 
 
 class Trainer:
-    def __init__(self, learner: Learner, data: MnistTensors, settings: TrainSettings, graph=None):
+    def __init__(self, learner: Learner, data: DataTensors, settings: TrainSettings, graph=None):
         self.learner = learner
         self.data = data
         self.settings = settings
