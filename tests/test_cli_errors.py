@@ -8,16 +8,9 @@ in-process, so that 40 cases cost seconds; a few cases also run as real subproce
 
 from __future__ import annotations
 
-import logging
-import os
-import runpy
-import signal
-import sys
-
 import pytest
-from conftest import RUN_PY
 
-from mnist_lab.app.cli import SweepFolder, explain
+from mnist_lab.app.cli import explain
 from mnist_lab.errors import OutputError, SweepFailed
 
 OPTUNA = ("-m", "hparams_search=mlp_optuna")
@@ -75,35 +68,6 @@ CASES = [
 ]
 if not __import__("torch").cuda.is_available():
     CASES.append((["trainer.device=cuda"], "no CUDA device on this machine; use auto or cpu"))
-
-
-@pytest.fixture
-def cli_main(tmp_path, monkeypatch, capsys):
-    """`cli_main(*args) -> (exit status, printed text)`: experiments/run.py run in this process
-    as `python experiments/run.py *args` runs it."""
-    monkeypatch.chdir(tmp_path)  # the Optuna cases' default storage lands here
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _run(*args: str) -> tuple[int, str]:
-        argv = [
-            str(RUN_PY),
-            *args,
-            f"hydra.run.dir={tmp_path}/run",
-            f"hydra.sweep.dir={tmp_path}/s",
-        ]
-        monkeypatch.setattr(sys, "argv", argv)
-        with pytest.raises(SystemExit) as stop:
-            runpy.run_path(str(RUN_PY), run_name="__main__")
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-        captured = capsys.readouterr()
-        return stop.value.code, captured.out + captured.err
-
-    yield _run
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    SweepFolder.path = None
 
 
 def _message(output: str) -> list[str]:

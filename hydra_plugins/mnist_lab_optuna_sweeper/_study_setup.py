@@ -5,7 +5,6 @@ to resume.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import warnings
@@ -50,8 +49,6 @@ def build_sampler(
     target = setting(cfg, "_target_")
     if target in REMOVED_SAMPLERS:
         raise SweeperError(f"hydra.sweeper.sampler: {REMOVED_SAMPLERS[target]}")
-    if str(target).endswith("CmaEsSampler") and importlib.util.find_spec("cmaes") is None:
-        raise SweeperError(f"hydra.sweeper.sampler: {target} needs `pip install cmaes`")
     extra = {"search_space": grid} if grid is not None else {}
     try:
         return from_config(cfg, **extra)
