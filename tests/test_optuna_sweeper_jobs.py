@@ -149,6 +149,58 @@ def test_terminated_sweep_fails_its_trial_as_terminated(sweep, tmp_path):
     assert s.trials[0].user_attrs["reason"] == "terminated: Terminated"
 
 
+@pytest.mark.parametrize("stop", ["interrupt", "terminate"])
+def test_a_job_that_finished_before_the_stop_is_complete(sweep, tmp_path, stop):
+    """Its record is the truth: a batch stopped by a signal after one job completed tells that
+    trial COMPLETE with the value its record states, and only the stopped one FAIL."""
+    with pytest.raises(KeyboardInterrupt):
+        sweep(
+            f"mode=choice(value, {stop})",
+            f"+hydra.sweeper.enqueue_trials=[{{mode: value}}, {{mode: {stop}}}]",
+            "hydra.sweeper.n_jobs=2",  # one batch: the launcher raises after job 0 finished
+            "x=0.7",
+            n_trials=2,
+        )
+    s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+    done, stopped = s.trials
+    assert done.state == TrialState.COMPLETE and done.value == s.record(done)["final"]["val/acc"]
+    assert done.user_attrs["status"] == "completed" and done.value == pytest.approx(0.7)
+    status = {"interrupt": "interrupted", "terminate": "terminated"}[stop]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == status
+
+
+def test_a_dead_sweepers_trial_is_told_what_its_record_says(sweep, tmp_path):
+    here = _workers.this_worker()
+    if not here["pidns"]:
+        pytest.skip("no /proc/self/ns/pid on this system")
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    records = {  # the dead sweeper's jobs: one finished, one failed, one still running
+        "completed": {"final": {"val/acc": 0.81, "test/acc": 0.8}},
+        "failed": {"reason": "storage unavailable: sqlite:///x.db: database is locked"},
+        "running": {},
+    }
+    numbers = {}
+    for status, facts in records.items():
+        run_dir = tmp_path / "dead" / status
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({"status": status, **facts}))
+        numbers[status] = _running(study, {**here, "pid": dead.pid}, 0, run_dir=str(run_dir))
+    s = sweep("x=interval(0, 1)", n_trials=3)
+    by_number = {t.number: t for t in s.trials}
+    completed = by_number[numbers["completed"]]
+    assert completed.state == TrialState.COMPLETE and completed.value == 0.81
+    assert completed.user_attrs["test_acc"] == 0.8
+    failed = by_number[numbers["failed"]]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["reason"] == f"failed: {records['failed']['reason']}"
+    running = by_number[numbers["running"]]
+    assert running.state == TrialState.FAIL and running.user_attrs["status"] == "stale"
+    assert len(s.trials) == 3  # all three count: nothing more to run
+
+
 @pytest.mark.parametrize(
     "rate, n_failed, message",
     [  # 0 (the official plugin's default) stops at the first failure; 1 never stops early
@@ -332,7 +384,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
     study = optuna.load_study(study_name="memory", storage=optuna_study.in_memory_storage("memory"))
     states = {t.params["x"]: t.state.name for t in study.trials}
     assert states == {0.9: "COMPLETE", 0.3: "PRUNED"}  # 0.3 / 3 < 0.2 after epoch 1
-    assert runner.returns is not None
+    assert runner.returns is None  # like the official sweeper: nothing held per trial
 
 
 def test_a_trial_that_trains_all_its_epochs_is_complete(sweep):
@@ -367,9 +419,11 @@ def test_nan_accuracy_is_not_a_pruning_reason(sweep):
 # ---------------------------------------------------------------- stale trials
 
 
-def _running(study, worker, heartbeat_age_s):
+def _running(study, worker, heartbeat_age_s, **attrs):
     trial = study.ask()
     trial.set_user_attr("worker", worker)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
     beat = _workers.now().timestamp() - heartbeat_age_s
     trial.set_user_attr(
         "heartbeat_at", _workers.datetime.fromtimestamp(beat, _workers.timezone.utc).isoformat()
