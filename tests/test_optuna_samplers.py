@@ -105,9 +105,7 @@ RUNS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("sampler", "search", "extra"), RUNS, ids=[f"{s}-{h}" for s, h, _ in RUNS]
-)
+@pytest.mark.parametrize(("sampler", "search", "extra"), RUNS, ids=[f"{s}-{h}" for s, h, _ in RUNS])
 def test_a_sampler_runs_a_search_end_to_end(cli_main, tmp_path, sampler, search, extra):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = ["-m", f"hparams_search={search}", f"hydra/sweeper/sampler={sampler}"]

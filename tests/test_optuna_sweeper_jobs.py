@@ -588,6 +588,27 @@ def test_gp_sampler_runs_a_study(sweep, caplog):
     assert len({t.params["x"] for t in s.trials}) == 4
 
 
+class SamplerWithoutScipy(optuna.samplers.RandomSampler):
+    """Fails as GPSampler does without scipy: once its start-up trials are done."""
+
+    def sample_independent(self, study, trial, name, distribution):
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+            raise ModuleNotFoundError("No module named 'scipy'")
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def test_a_sampler_that_fails_fails_its_trial_in_one_line(sweep, tmp_path):
+    with pytest.raises(SweeperError) as error:
+        sweep(f"hydra.sweeper.sampler._target_={__name__}.SamplerWithoutScipy", "x=interval(0, 1)")
+    assert str(error.value) == (
+        "hydra.sweeper.sampler: SamplerWithoutScipy could not propose trial 2: "
+        "ModuleNotFoundError: No module named 'scipy'"
+    )
+    s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+    assert s.states() == ["COMPLETE", "COMPLETE", "FAIL"]  # none left RUNNING
+    assert "No module named 'scipy'" in s.trials[2].user_attrs["reason"]
+
+
 def test_objective_names_recorded_for_the_dashboard(sweep):
     s = sweep("x=interval(0, 1)", "hydra.sweeper.metric_names=[val/acc]", n_trials=1)
     assert s.study.metric_names == ["val/acc"]
