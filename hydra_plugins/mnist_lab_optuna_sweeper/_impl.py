@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,13 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from mnist_lab.job import SweepFailed, display_url, raise_pending
+from mnist_lab.job import (
+    StorageUnavailable,
+    SweepFailed,
+    display_url,
+    raise_pending,
+    reaching,
+)
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
@@ -102,6 +109,19 @@ def plan_study(s: Settings, arguments: list[str]) -> Plan:
     )
 
 
+@contextmanager
+def resumable(url: str | None) -> Iterator[None]:
+    """A storage that stops answering mid-sweep ends it with one line saying how to resume."""
+    try:
+        with reaching(url):
+            yield
+    except StorageUnavailable as e:
+        raise StorageUnavailable(
+            f"{e}: the sweep stopped. Once the storage answers again, rerun the same command to "
+            "resume; the trials that were running are then marked failed"
+        ) from None
+
+
 class OptunaSweeperImpl(Sweeper):
     def __init__(self, **settings: Any) -> None:
         self.settings = Settings(**settings)
@@ -118,10 +138,18 @@ class OptunaSweeperImpl(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        p = plan_study(self.settings, arguments)
+        with resumable(p.url):
+            self.run(p)
+        # Like Hydra's official Optuna sweeper: nothing returned, so nothing per trial is held
+        # (a job's return keeps its whole composed config).
+        return None
+
+    def run(self, p: Plan) -> None:
+        """Open the study and run batches until it has its trials; report it."""
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         s = self.settings
-        p = plan_study(s, arguments)
         space, target, sampler, pruner, url = p.space, p.target, p.sampler, p.pruner, p.url
         study, storage = open_study(
             url, s.study_name, sampler, pruner, p.directions, p.metric_names, p.seeded
@@ -184,6 +212,3 @@ class OptunaSweeperImpl(Sweeper):
         message = report(study, url, p.directions, s.n_trials, self.config)
         if message is not None:
             raise SweepFailed(message)
-        # Like Hydra's official Optuna sweeper: nothing returned, so nothing per trial is held
-        # (a job's return keeps its whole composed config).
-        return None

@@ -17,7 +17,13 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lab.job import one_line, read_record, stop_status
+from mnist_lab.job import (
+    StorageUnavailable,
+    is_unavailable,
+    one_line,
+    read_record,
+    stop_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +196,14 @@ def tell_stopped(study: optuna.Study, trials: Sequence[optuna.Trial], error: Bas
     A trial whose job finished before the stop is told what its record says (COMPLETE with its
     values, or why it failed): its record is the truth, whatever the launcher. The others are
     FAIL: Ctrl-C and SIGTERM (`mnist_lab.signals`) give the status `interrupted` /
-    `terminated`, any other error (a launcher's) `failed` with the error as the reason.
+    `terminated`, a storage that stopped answering the reason `storage unavailable` (stored if
+    it answers again), any other error (a launcher's) `failed` with the error as the reason.
     """
     if isinstance(error, KeyboardInterrupt):
         status, _ = stop_status(error)
         stopped = Outcome(TrialState.FAIL, None, f"{status}: {type(error).__name__}")
+    elif is_unavailable(error) or isinstance(error, StorageUnavailable):
+        status, stopped = "failed", Outcome(TrialState.FAIL, None, "storage unavailable")
     else:
         status = "failed"
         stopped = Outcome(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mnist_lab.errors import StorageUnavailable
 
 # Each job's Hydra config carries its trial number as hydra.job.env_set.<TRIAL_ENV>.
 TRIAL_ENV = "MNIST_LAB_OPTUNA_TRIAL"
@@ -161,6 +164,49 @@ _ALREADY_EXISTS = {"42710", "42P07"}
 
 def _already_exists(error) -> bool:
     return getattr(getattr(error, "orig", None), "sqlstate", None) in _ALREADY_EXISTS
+
+
+def _lost_connection(error: BaseException) -> BaseException | None:
+    """The database error in `error`'s chain that says the storage cannot be reached (the
+    connection refused, lost or locked: SQLAlchemy's OperationalError, InterfaceError,
+    DisconnectionError), however Optuna wrapped it; None if there is none."""
+    import sys
+
+    exc = sys.modules.get("sqlalchemy.exc")
+    if exc is None:  # this process never reached a database
+        return None
+    lost = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, lost):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the study's storage cannot be reached (see `_lost_connection`)."""
+    return _lost_connection(error) is not None
+
+
+def unavailable(url: str | None, error: BaseException) -> StorageUnavailable:
+    """`storage unavailable: URL (the driver's first line)`, the password hidden."""
+    lost = _lost_connection(error) or error
+    why = hide_password(one_line(getattr(lost, "orig", None) or lost), url)
+    return StorageUnavailable(f"storage unavailable: {display_url(url)} ({why})")
+
+
+@contextmanager
+def reaching(url: str | None) -> Iterator[None]:
+    """Storage calls whose connection failure becomes `StorageUnavailable` (one line)."""
+    try:
+        yield
+    except Exception as e:
+        if is_unavailable(e):
+            raise unavailable(url, e) from None
+        raise
 
 
 def one_line(error: BaseException) -> str:
