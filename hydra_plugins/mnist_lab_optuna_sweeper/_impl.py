@@ -6,6 +6,7 @@ contracts they serve):
 - `_settings`: the `hydra.sweeper` keys, checked before any trial (defaults: config.py only);
 - `_search_space`: Hydra's sweep syntax (`params`, then the command line) -> Optuna distributions;
 - `_study_setup`: sampler, pruner, storage and the study, created or loaded to resume;
+- `_launchers`: whether the launcher can start, asked before any trial;
 - `_batches`: ask a batch of trials, launch the ones that compose (`_composing`), tell each
   outcome (`_telling`);
 - `_workers`: worker identity, heartbeats, trials left RUNNING by dead sweepers;
@@ -19,6 +20,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -38,6 +40,7 @@ from mnist_lab.job import (
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
+from ._launchers import check_launcher
 from ._search_space import Param, fixed_names, grid_of, parse_search_space
 from ._settings import Settings
 from ._study_report import report
@@ -49,6 +52,7 @@ from ._study_setup import (
     keep_recipe,
     open_study,
     setting,
+    storage_folder,
 )
 from ._workers import fail_stale, this_worker
 
@@ -138,7 +142,10 @@ class OptunaSweeperImpl(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None
         p = plan_study(self.settings, arguments)
+        launcher = self.config.hydra.runtime.choices.get("hydra/launcher")
+        check_launcher(self.config.hydra.launcher, f"hydra/launcher={launcher}")
         with resumable(p.url):
             self.run(p)
         # Like Hydra's official Optuna sweeper: nothing returned, so nothing per trial is held
@@ -151,6 +158,7 @@ class OptunaSweeperImpl(Sweeper):
         assert self.hydra_context is not None
         s = self.settings
         space, target, sampler, pruner, url = p.space, p.target, p.sampler, p.pruner, p.url
+        storage_folder(url, Path(str(self.config.hydra.sweep.dir)))
         study, storage = open_study(
             url, s.study_name, sampler, pruner, p.directions, p.metric_names, p.seeded
         )

@@ -17,6 +17,7 @@ from mnist_lab.job.optuna_study import (
     one_line,
     open_storage,
     reaching,
+    sqlite_path,
 )
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.reading import read_record
@@ -44,6 +45,7 @@ __all__ = [
     "reaching",
     "read_record",
     "recipe_of",
+    "sqlite_path",
     "stop_status",
     "train_group",
 ]

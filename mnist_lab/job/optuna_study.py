@@ -113,16 +113,23 @@ def build_pruner(cfg: Any) -> Any:
     return optuna.pruners.NopPruner() if cfg is None else from_config(cfg)
 
 
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL; None for another URL or an in-memory one."""
+    prefix = "sqlite:///"
+    if url is None or not url.startswith(prefix):
+        return None
+    path = url[len(prefix) :]
+    return None if not path or path.startswith((":memory:", "file:")) else Path(path)
+
+
 def open_storage(url: str | None) -> Any:
-    """RDB storage for a URL (SQLite waits for locks instead of failing); in memory for None."""
+    """RDB storage for a URL (SQLite waits for locks instead of failing); in memory for None.
+    Creates no folder: the sweeper decides which one may be made (`_study_setup`)."""
     import optuna
 
     if url is None:
         return optuna.storages.InMemoryStorage()
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if path and not path.startswith((":memory:", "file:")):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         return _rdb_storage(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     return _rdb_storage(url, {"pool_pre_ping": True})
 
