@@ -140,12 +140,13 @@ def cli_main(tmp_path, monkeypatch, capsys):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _run(*args: str) -> tuple[int, str]:
-        argv = [
-            str(RUN_PY),
-            *args,
-            f"hydra.run.dir={tmp_path}/run",
-            f"hydra.sweep.dir={tmp_path}/s",
-        ]
+        # As the project lays them out: results/ holds the runs, the sweeps and optuna.db.
+        folders = {
+            "hydra.run.dir": f"{tmp_path}/results/runs/run",
+            "hydra.sweep.dir": f"{tmp_path}/results/multiruns/sweep",
+        }
+        argv = [str(RUN_PY), *args]
+        argv += [f"{k}={v}" for k, v in folders.items() if not any(a.startswith(k) for a in args)]
         monkeypatch.setattr(sys, "argv", argv)
         code = 0
         try:

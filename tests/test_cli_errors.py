@@ -8,6 +8,9 @@ in-process, so that 40 cases cost seconds; a few cases also run as real subproce
 
 from __future__ import annotations
 
+import shutil
+
+import optuna
 import pytest
 
 from mnist_lab.app.cli import explain
@@ -65,7 +68,34 @@ CASES = [
     ([*OPTUNA, "hydra.sweeper.storage=postgresql://u:secret@127.0.0.1:1/x"], "storage"),
     ([*OPTUNA, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed=abc"),
     (["-m", "optimizer=adam,lbfgsx"], "options of optimizer:"),
+    (
+        [*OPTUNA, "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"],
+        "folder /nonexistent/dir does not exist (make it first;",
+    ),
 ]
+# Launchers that cannot start: refused before any trial is asked (the README's Slurm recipe on a
+# machine without Slurm, a joblib launcher with no workers).
+LAUNCHERS = [
+    (
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+        "hydra/launcher=joblib cannot start: n_jobs == 0 in Parallel has no meaning; no trial",
+    ),
+]
+if shutil.which("srun") is None:
+    LAUNCHERS.append(
+        (
+            [
+                "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=1",
+                "hydra.launcher.timeout_min=60",
+                "hydra.sweeper.n_jobs=16",
+                "hydra.sweeper.n_trials=200",
+            ],  # fmt: skip
+            'hydra/launcher=submitit_slurm cannot start: Could not detect "srun"',
+        )
+    )
+CASES += [([*OPTUNA, *args], expected) for args, expected in LAUNCHERS]
 if not __import__("torch").cuda.is_available():
     CASES.append((["trainer.device=cuda"], "no CUDA device on this machine; use auto or cpu"))
 
@@ -84,6 +114,14 @@ def test_careless_input_is_one_clear_message(cli_main, args, expected):
     assert 1 <= len(lines) <= 2, output
     assert expected in output, output
     assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output
+
+
+@pytest.mark.parametrize(("args", "expected"), LAUNCHERS, ids=[a[0] for a, _ in LAUNCHERS])
+def test_a_launcher_that_cannot_start_adds_nothing_to_the_study(cli_main, tmp_path, args, expected):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    code, output = cli_main(*OPTUNA, f"hydra.sweeper.storage={storage}", *args)
+    assert code == 2 and expected in output, output
+    assert not (tmp_path / "optuna.db").exists() or not optuna.get_all_study_names(storage)
 
 
 def test_password_of_a_bad_storage_url_is_not_shown(cli_main):

@@ -40,7 +40,7 @@ from mnist_lab.job import (
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
-from ._launchers import check_launcher
+from ._launchers import check_launcher, check_sweep_folder
 from ._search_space import Param, fixed_names, grid_of, parse_search_space
 from ._settings import Settings
 from ._study_report import report
@@ -146,6 +146,7 @@ class OptunaSweeperImpl(Sweeper):
         p = plan_study(self.settings, arguments)
         launcher = self.config.hydra.runtime.choices.get("hydra/launcher")
         check_launcher(self.config.hydra.launcher, f"hydra/launcher={launcher}")
+        check_sweep_folder(Path(str(self.config.hydra.sweep.dir)))
         with resumable(p.url):
             self.run(p)
         # Like Hydra's official Optuna sweeper: nothing returned, so nothing per trial is held

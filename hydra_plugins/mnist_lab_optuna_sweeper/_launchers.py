@@ -1,6 +1,7 @@
-"""Whether the launcher can start, asked before any trial: Hydra's launchers check their settings
-only when they launch a batch, and by then the batch's trials are in the study (a Slurm launcher
-on a machine without Slurm left every trial of its first batch FAIL in a shared study).
+"""Whether the launch can start, asked before any trial: Hydra's launchers check their settings
+and make the sweep folder only when they launch a batch, and by then the batch's trials are in
+the study (a Slurm launcher on a machine without Slurm left every trial of its first batch FAIL in
+a shared study).
 
 Each known launcher gets the check its own start would make; any other launcher is trusted (a
 launch that fails tells its batch FAIL with the error as the reason).
@@ -8,8 +9,11 @@ launch that fails tells its batch FAIL with the error as the reason).
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -52,3 +56,12 @@ def check_launcher(cfg: DictConfig, shown: str) -> None:
         check(cfg)
     except Exception as e:
         raise SweeperError(f"{shown} cannot start: {one_line(e)}; no trial was asked") from None
+
+
+def check_sweep_folder(folder: Path) -> None:
+    """The sweep folder made and writable, or the OSError that says why not (one line through
+    `mnist_lab.app.cli`, exit 2)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        code = errno.EROFS if os.statvfs(folder).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(folder))

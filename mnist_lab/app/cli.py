@@ -116,6 +116,8 @@ def explain(error: Exception) -> tuple[list[str], int] | None:
         return _composition(error), EXIT_BAD_INPUT
     if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
         return [_first_line(error)], EXIT_BAD_INPUT
+    if isinstance(error, ValueError) and isinstance(error.__cause__, OSError):
+        return explain(error.__cause__)  # logging's "Unable to configure handler": the log file
     if isinstance(error, OSError):  # Hydra's own writes: the output folder, .hydra/
         where = error.filename or _output_folder()
         what = error.strerror or type(error).__name__

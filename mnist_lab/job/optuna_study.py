@@ -189,7 +189,8 @@ def _lost_connection(error: BaseException) -> BaseException | None:
         if isinstance(cause, lost):
             return cause
         seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+        context = None if cause.__suppress_context__ else cause.__context__
+        cause = cause.__cause__ or context  # `raise ... from None` ends the chain
     return None
 
 
