@@ -8,6 +8,7 @@ folders live under tmp_path.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import optuna
@@ -24,7 +26,7 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _workers
+from hydra_plugins.mnist_lab_optuna_sweeper import _batches, _workers
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from mnist_lab.errors import SweepFailed
 from mnist_lab.job import optuna_study
@@ -569,6 +571,27 @@ def test_unknown_sampler_group_is_refused_by_hydra(tmp_path):
     assert proc.returncode == 1
     assert "Could not find 'hydra/sweeper/sampler/nope'" in err
     assert "tpe" in err and "nsgaii" in err  # Hydra lists the available options
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_a_sweep_keeps_nothing_per_finished_trial(sweep, monkeypatch):
+    """Each job's return holds its whole composed config (~160 KB for the real app): none is
+    alive after the sweep, and the sweep returns nothing (like Hydra's official sweeper)."""
+    returned = []
+    tell_job = _batches.tell_job
+
+    def watched(study, trial, ret, n_objectives):
+        returned.append(weakref.ref(ret))
+        return tell_job(study, trial, ret, n_objectives)
+
+    monkeypatch.setattr(_batches, "tell_job", watched)
+    runner = sweep("x=interval(0, 1)", "hydra.sweeper.n_jobs=4", study="memory", storage=None,
+                   n_trials=20)  # fmt: skip
+    gc.collect()
+    assert len(returned) == 20 and runner.returns is None
+    assert [r for r in returned if r() is not None] == []
 
 
 # ---------------------------------------------------------------- samplers and metric names
