@@ -123,6 +123,10 @@ def test_optuna_sweep_into_a_read_only_folder_asks_no_trial(cli_main, read_only_
     assert code == 2 and "Traceback" not in output, output
     assert output.splitlines()[-1].startswith(f"cannot write {read_only_folder}: "), output
     assert not (tmp_path / "optuna.db").exists()
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the sweep folder should be\n")
+    code, output = cli_main(*args, f"hydra.sweep.dir={blocker}/sweep")
+    assert code == 2 and output.splitlines()[-1] == f"cannot write {blocker}/sweep: Not a directory"
 
 
 @pytest.fixture

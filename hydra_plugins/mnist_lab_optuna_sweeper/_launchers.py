@@ -59,9 +59,15 @@ def check_launcher(cfg: DictConfig, shown: str) -> None:
 
 
 def check_sweep_folder(folder: Path) -> None:
-    """The sweep folder made and writable, or the OSError that says why not (one line through
-    `mnist_lab.app.cli`, exit 2)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        code = errno.EROFS if os.statvfs(folder).f_flag & os.ST_RDONLY else errno.EACCES
-        raise OSError(code, os.strerror(code), str(folder))
+    """The OSError that says why the sweep folder cannot be made or written (one line through
+    `mnist_lab.app.cli`, exit 2); checked, not made: the launcher makes it, as always."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        code = errno.ENOTDIR
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+    else:
+        return
+    raise OSError(code, os.strerror(code), str(folder))
