@@ -1,6 +1,6 @@
 """The study from config: its sampler and pruner (`hydra.sweeper.sampler`/`pruner`), its storage
-(through `mnist_lab.job.optuna_study`, which the jobs use too) and the study itself, created or loaded
-to resume.
+(through `mnist_lab.job.optuna_study`, which the jobs use too; an SQLite file's folder made only
+where the sweep writes) and the study itself, created or loaded to resume.
 """
 
 from __future__ import annotations
