@@ -21,6 +21,12 @@ class OutputError(LabError, OSError):
     """An output file cannot be written (read-only or full disk, a folder that is a file)."""
 
 
+class StorageUnavailable(LabError):
+    """The Optuna study's storage stopped answering (a database server stopped, a lost
+    connection): a trial's job records it as its failure, a sweep ends with one line saying how
+    to resume (exit status 1, like a failed sweep: not a mistake in input)."""
+
+
 class SweepFailed(CompactHydraException):
     """A sweep ran but too many of its trials failed (exit status 1, not a mistake in input);
     Hydra prints it as its message alone."""

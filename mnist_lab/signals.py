@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 
@@ -63,6 +64,14 @@ def _first(signum, frame) -> None:
     raise _stop(signum)
 
 
+def _unraisable(unraisable) -> None:
+    """Python's report of a dropped exception, except the stop itself: a first signal dropped in
+    a finalizer stays pending and stops the run at the next step (no traceback for it)."""
+    if _pending is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def install() -> None:
     """SIGTERM raises `Terminated`, SIGINT `KeyboardInterrupt`; the next one exits at once.
 
@@ -71,6 +80,8 @@ def install() -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unraisable
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _first)

@@ -7,7 +7,10 @@ Nothing here writes into the repository's `results/`: in-process jobs get an out
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mnist_lab.app.cli import SweepFolder
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.data.dataset import DatasetFacts, DataTensors
 from mnist_lab.models.mlp import MLP
@@ -125,6 +129,39 @@ def run_cli(tmp_path):
         return proc
 
     return _run
+
+
+@pytest.fixture
+def cli_main(tmp_path, monkeypatch, capsys):
+    """`cli_main(*args) -> (exit status, printed text)`: experiments/run.py run in this process
+    as `python experiments/run.py *args` runs it (its storage and folders under tmp_path)."""
+    monkeypatch.chdir(tmp_path)  # the Optuna cases' default storage lands here
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _run(*args: str) -> tuple[int, str]:
+        # As the project lays them out: results/ holds the runs, the sweeps and optuna.db.
+        folders = {
+            "hydra.run.dir": f"{tmp_path}/results/runs/run",
+            "hydra.sweep.dir": f"{tmp_path}/results/multiruns/sweep",
+        }
+        argv = [str(RUN_PY), *args]
+        argv += [f"{k}={v}" for k, v in folders.items() if not any(a.startswith(k) for a in args)]
+        monkeypatch.setattr(sys, "argv", argv)
+        code = 0
+        try:
+            runpy.run_path(str(RUN_PY), run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    yield _run
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    SweepFolder.path = None
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,10 @@ class PostgresServer:
             "--auth=scram-sha-256",
         )
         pwfile.unlink()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its data (again, after `pause`), on the same port."""
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
         self._run(
             str(self.bin / "pg_ctl"),
@@ -83,9 +87,13 @@ class PostgresServer:
             "start",
         )
 
+    def pause(self) -> None:
+        """Stop the server as an outage would (its connections cut), keeping its data."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
     def stop(self) -> None:
         try:
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self.pause()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -8,16 +8,12 @@ in-process, so that 40 cases cost seconds; a few cases also run as real subproce
 
 from __future__ import annotations
 
-import logging
-import os
-import runpy
-import signal
-import sys
+import shutil
 
+import optuna
 import pytest
-from conftest import RUN_PY
 
-from mnist_lab.app.cli import SweepFolder, explain
+from mnist_lab.app.cli import explain
 from mnist_lab.errors import OutputError, SweepFailed
 
 OPTUNA = ("-m", "hparams_search=mlp_optuna")
@@ -75,38 +71,36 @@ CASES = [
     ([*OPTUNA, "hydra.sweeper.storage=postgresql://u:secret@127.0.0.1:1/x"], "storage"),
     ([*OPTUNA, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed=abc"),
     (["-m", "optimizer=adam,lbfgsx"], "options of optimizer:"),
+    (
+        [*OPTUNA, "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"],
+        "folder /nonexistent/dir does not exist (make it first;",
+    ),
 ]
+# Launchers that cannot start: refused before any trial is asked (the README's Slurm recipe on a
+# machine without Slurm, a joblib launcher with no workers).
+LAUNCHERS = [
+    (
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+        "hydra/launcher=joblib cannot start: n_jobs == 0 in Parallel has no meaning; no trial",
+    ),
+]
+if shutil.which("srun") is None:
+    LAUNCHERS.append(
+        (
+            [
+                "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=1",
+                "hydra.launcher.timeout_min=60",
+                "hydra.sweeper.n_jobs=16",
+                "hydra.sweeper.n_trials=200",
+            ],  # fmt: skip
+            'hydra/launcher=submitit_slurm cannot start: Could not detect "srun"',
+        )
+    )
+CASES += [([*OPTUNA, *args], expected) for args, expected in LAUNCHERS]
 if not __import__("torch").cuda.is_available():
     CASES.append((["trainer.device=cuda"], "no CUDA device on this machine; use auto or cpu"))
-
-
-@pytest.fixture
-def cli_main(tmp_path, monkeypatch, capsys):
-    """`cli_main(*args) -> (exit status, printed text)`: experiments/run.py run in this process
-    as `python experiments/run.py *args` runs it."""
-    monkeypatch.chdir(tmp_path)  # the Optuna cases' default storage lands here
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _run(*args: str) -> tuple[int, str]:
-        argv = [
-            str(RUN_PY),
-            *args,
-            f"hydra.run.dir={tmp_path}/run",
-            f"hydra.sweep.dir={tmp_path}/s",
-        ]
-        monkeypatch.setattr(sys, "argv", argv)
-        with pytest.raises(SystemExit) as stop:
-            runpy.run_path(str(RUN_PY), run_name="__main__")
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-        captured = capsys.readouterr()
-        return stop.value.code, captured.out + captured.err
-
-    yield _run
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    SweepFolder.path = None
 
 
 def _message(output: str) -> list[str]:
@@ -123,6 +117,14 @@ def test_careless_input_is_one_clear_message(cli_main, args, expected):
     assert 1 <= len(lines) <= 2, output
     assert expected in output, output
     assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output
+
+
+@pytest.mark.parametrize(("args", "expected"), LAUNCHERS, ids=[a[0] for a, _ in LAUNCHERS])
+def test_a_launcher_that_cannot_start_adds_nothing_to_the_study(cli_main, tmp_path, args, expected):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    code, output = cli_main(*OPTUNA, f"hydra.sweeper.storage={storage}", *args)
+    assert code == 2 and expected in output, output
+    assert not (tmp_path / "optuna.db").exists() or not optuna.get_all_study_names(storage)
 
 
 def test_password_of_a_bad_storage_url_is_not_shown(cli_main):

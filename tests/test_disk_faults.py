@@ -90,6 +90,46 @@ def test_output_folder_that_cannot_be_created(run_cli, tmp_path):
 
 
 @pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder nobody may write: read-only by mode, or for root (whom modes do not
+    stop) a read-only bind mount; skipped with the reason where neither is possible."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    for args in (["--bind", folder, folder], ["-o", "remount,ro,bind", folder]):
+        mount = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
+        if mount.returncode != 0:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+            pytest.skip(f"cannot make a read-only folder as root here ({mount.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_single_run_into_a_read_only_folder(cli_main, read_only_folder):
+    code, output = cli_main(*QUICK, f"hydra.run.dir={read_only_folder}")
+    assert code == 2 and "Traceback" not in output, output
+    (line,) = output.splitlines()
+    assert line.startswith(f"cannot write {read_only_folder}/run.log: "), line
+
+
+def test_optuna_sweep_into_a_read_only_folder_asks_no_trial(cli_main, read_only_folder, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["-m", "hparams_search=mlp_optuna", f"hydra.sweeper.storage={storage}", *QUICK]
+    code, output = cli_main(*args, f"hydra.sweep.dir={read_only_folder}")
+    assert code == 2 and "Traceback" not in output, output
+    assert output.splitlines()[-1].startswith(f"cannot write {read_only_folder}: "), output
+    assert not (tmp_path / "optuna.db").exists()
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the sweep folder should be\n")
+    code, output = cli_main(*args, f"hydra.sweep.dir={blocker}/sweep")
+    assert code == 2 and output.splitlines()[-1] == f"cannot write {blocker}/sweep: Not a directory"
+
+
+@pytest.fixture
 def tiny_disk():
     """A 16 KiB tmpfs (`mount` needs root on Linux); skipped with the reason elsewhere."""
     folder = Path(tempfile.mkdtemp(prefix="mnist-lab-tiny-"))

@@ -8,6 +8,7 @@ folders live under tmp_path.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import optuna
@@ -24,7 +26,7 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mnist_lab_optuna_sweeper import _workers
+from hydra_plugins.mnist_lab_optuna_sweeper import _batches, _workers
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from mnist_lab.errors import SweepFailed
 from mnist_lab.job import optuna_study
@@ -147,6 +149,58 @@ def test_terminated_sweep_fails_its_trial_as_terminated(sweep, tmp_path):
     assert s.states() == ["FAIL"]
     assert s.trials[0].user_attrs["status"] == "terminated"
     assert s.trials[0].user_attrs["reason"] == "terminated: Terminated"
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "terminate"])
+def test_a_job_that_finished_before_the_stop_is_complete(sweep, tmp_path, stop):
+    """Its record is the truth: a batch stopped by a signal after one job completed tells that
+    trial COMPLETE with the value its record states, and only the stopped one FAIL."""
+    with pytest.raises(KeyboardInterrupt):
+        sweep(
+            f"mode=choice(value, {stop})",
+            f"+hydra.sweeper.enqueue_trials=[{{mode: value}}, {{mode: {stop}}}]",
+            "hydra.sweeper.n_jobs=2",  # one batch: the launcher raises after job 0 finished
+            "x=0.7",
+            n_trials=2,
+        )
+    s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+    done, stopped = s.trials
+    assert done.state == TrialState.COMPLETE and done.value == s.record(done)["final"]["val/acc"]
+    assert done.user_attrs["status"] == "completed" and done.value == pytest.approx(0.7)
+    status = {"interrupt": "interrupted", "terminate": "terminated"}[stop]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == status
+
+
+def test_a_dead_sweepers_trial_is_told_what_its_record_says(sweep, tmp_path):
+    here = _workers.this_worker()
+    if not here["pidns"]:
+        pytest.skip("no /proc/self/ns/pid on this system")
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    records = {  # the dead sweeper's jobs: one finished, one failed, one still running
+        "completed": {"final": {"val/acc": 0.81, "test/acc": 0.8}},
+        "failed": {"reason": "storage unavailable: sqlite:///x.db: database is locked"},
+        "running": {},
+    }
+    numbers = {}
+    for status, facts in records.items():
+        run_dir = tmp_path / "dead" / status
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({"status": status, **facts}))
+        numbers[status] = _running(study, {**here, "pid": dead.pid}, 0, run_dir=str(run_dir))
+    s = sweep("x=interval(0, 1)", n_trials=3)
+    by_number = {t.number: t for t in s.trials}
+    completed = by_number[numbers["completed"]]
+    assert completed.state == TrialState.COMPLETE and completed.value == 0.81
+    assert completed.user_attrs["test_acc"] == 0.8
+    failed = by_number[numbers["failed"]]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["reason"] == f"failed: {records['failed']['reason']}"
+    running = by_number[numbers["running"]]
+    assert running.state == TrialState.FAIL and running.user_attrs["status"] == "stale"
+    assert len(s.trials) == 3  # all three count: nothing more to run
 
 
 @pytest.mark.parametrize(
@@ -332,7 +386,7 @@ def test_any_pruner_by_target_and_in_memory_study_prunes_in_this_process(sweep):
     study = optuna.load_study(study_name="memory", storage=optuna_study.in_memory_storage("memory"))
     states = {t.params["x"]: t.state.name for t in study.trials}
     assert states == {0.9: "COMPLETE", 0.3: "PRUNED"}  # 0.3 / 3 < 0.2 after epoch 1
-    assert runner.returns is not None
+    assert runner.returns is None  # like the official sweeper: nothing held per trial
 
 
 def test_a_trial_that_trains_all_its_epochs_is_complete(sweep):
@@ -367,9 +421,11 @@ def test_nan_accuracy_is_not_a_pruning_reason(sweep):
 # ---------------------------------------------------------------- stale trials
 
 
-def _running(study, worker, heartbeat_age_s):
+def _running(study, worker, heartbeat_age_s, **attrs):
     trial = study.ask()
     trial.set_user_attr("worker", worker)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
     beat = _workers.now().timestamp() - heartbeat_age_s
     trial.set_user_attr(
         "heartbeat_at", _workers.datetime.fromtimestamp(beat, _workers.timezone.utc).isoformat()
@@ -517,6 +573,27 @@ def test_unknown_sampler_group_is_refused_by_hydra(tmp_path):
     assert "tpe" in err and "nsgaii" in err  # Hydra lists the available options
 
 
+# ---------------------------------------------------------------- memory
+
+
+def test_a_sweep_keeps_nothing_per_finished_trial(sweep, monkeypatch):
+    """Each job's return holds its whole composed config (~160 KB for the real app): none is
+    alive after the sweep, and the sweep returns nothing (like Hydra's official sweeper)."""
+    returned = []
+    tell_job = _batches.tell_job
+
+    def watched(study, trial, ret, n_objectives):
+        returned.append(weakref.ref(ret))
+        return tell_job(study, trial, ret, n_objectives)
+
+    monkeypatch.setattr(_batches, "tell_job", watched)
+    runner = sweep("x=interval(0, 1)", "hydra.sweeper.n_jobs=4", study="memory", storage=None,
+                   n_trials=20)  # fmt: skip
+    gc.collect()
+    assert len(returned) == 20 and runner.returns is None
+    assert [r for r in returned if r() is not None] == []
+
+
 # ---------------------------------------------------------------- samplers and metric names
 
 
@@ -532,6 +609,27 @@ def test_gp_sampler_runs_a_study(sweep, caplog):
     assert s.states() == ["COMPLETE"] * 4
     assert "sampler GPSampler" in caplog.text
     assert len({t.params["x"] for t in s.trials}) == 4
+
+
+class SamplerWithoutScipy(optuna.samplers.RandomSampler):
+    """Fails as GPSampler does without scipy: once its start-up trials are done."""
+
+    def sample_independent(self, study, trial, name, distribution):
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+            raise ModuleNotFoundError("No module named 'scipy'")
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def test_a_sampler_that_fails_fails_its_trial_in_one_line(sweep, tmp_path):
+    with pytest.raises(SweeperError) as error:
+        sweep(f"hydra.sweeper.sampler._target_={__name__}.SamplerWithoutScipy", "x=interval(0, 1)")
+    assert str(error.value) == (
+        "hydra.sweeper.sampler: SamplerWithoutScipy could not propose trial 2: "
+        "ModuleNotFoundError: No module named 'scipy'"
+    )
+    s = Sweep(f"sqlite:///{tmp_path}/optuna.db", "s", tmp_path / "run1")
+    assert s.states() == ["COMPLETE", "COMPLETE", "FAIL"]  # none left RUNNING
+    assert "No module named 'scipy'" in s.trials[2].user_attrs["reason"]
 
 
 def test_objective_names_recorded_for_the_dashboard(sweep):

@@ -23,7 +23,6 @@ from hydra_plugins.mnist_lab_optuna_sweeper import (
 )
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from hydra_plugins.mnist_lab_optuna_sweeper._search_space import parse_search_space
-from mnist_lab.job import optuna_study
 
 PARSER = OverridesParser.create()
 
@@ -440,9 +439,22 @@ def test_sqlite_storage_url_made_absolute(tmp_path, monkeypatch):
     assert _study_setup.absolute_storage_url("sqlite:////abs/o.db") == "sqlite:////abs/o.db"
     assert _study_setup.absolute_storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert _study_setup.absolute_storage_url(None) is None
-    storage = optuna_study.open_storage("sqlite:///results/o.db")  # creates the folder
-    assert (tmp_path / "results" / "o.db").exists()
-    storage.engine.dispose()
+
+
+def test_a_storage_folder_is_made_only_where_the_sweep_writes(tmp_path):
+    sweep_dir = tmp_path / "results" / "multiruns" / "2026-01-01" / "00-00-00"
+    _study_setup.storage_folder(f"sqlite:///{tmp_path}/results/o.db", sweep_dir)
+    assert (tmp_path / "results").is_dir()  # the project's default: made with the outputs
+    _study_setup.storage_folder(f"sqlite:///{tmp_path}/o.db", sweep_dir)  # exists: nothing to do
+    _study_setup.storage_folder("postgresql://u@h/db", sweep_dir)
+    with pytest.raises(SweeperError) as refused:
+        _study_setup.storage_folder(f"sqlite:///{tmp_path}/nonexistent/dir/x.db", sweep_dir)
+    assert str(refused.value) == (
+        f"hydra.sweeper.storage='sqlite:///{tmp_path}/nonexistent/dir/x.db': folder "
+        f"{tmp_path}/nonexistent/dir does not exist (make it first; only a folder the sweep's "
+        "outputs go under is made)"
+    )
+    assert not (tmp_path / "nonexistent").exists()
 
 
 # Every sampler key of Hydra's official Optuna sweeper schema (hydra-optuna-sweeper 1.4.0.dev9),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -112,6 +113,42 @@ def test_submitit_local_launcher(postgres_server, postgres_url, tmp_path):
     _check_study(postgres_url, "mlp", n)
     pids = _job_pids(tmp_path)
     assert len(pids) == n and proc.pid not in pids
+    _assert_no_password(tmp_path, postgres_server.password)
+
+
+def test_a_storage_outage_ends_the_sweep_in_one_line_and_the_resume_completes(
+    postgres_server, postgres_url, tmp_path
+):
+    """The server stops while trial 1 trains: one line naming the storage (no password) and how
+    to resume, exit 1; restarted, the same command marks trial 1 failed (`storage unavailable`,
+    from its job's record) and tops the study up to the exact count."""
+    n = 3
+    # Long enough to stop the server mid-trial; small and fixed enough to be quick.
+    extra = (f"hydra.sweeper.n_trials={n}", "hydra.sweeper.study_name=outage", "epochs=20",
+             "hidden=choice(16, 32)", "batch_size=256", "optimizer=sgd", "lr=0.05")  # fmt: skip
+    proc = _start(tmp_path, postgres_url, "outage", *extra)
+    deadline = time.monotonic() + 120
+    running = tmp_path / "outage" / "trial_0001" / "result.json"
+    while not (running.exists() and (read_record(running, warn=False) or {}).get("epochs_run")):
+        assert proc.poll() is None and time.monotonic() < deadline, tmp_path / "outage.out"
+        time.sleep(0.05)
+    postgres_server.pause()
+    try:
+        proc.wait(timeout=120)
+    finally:
+        postgres_server.resume()
+    output = (tmp_path / "outage.out").read_text()
+    assert proc.returncode == 1 and "Traceback" not in output, output
+    said = [line for line in output.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(said) == 1 and said[0].startswith("storage unavailable: postgresql://lab:***@")
+    assert "rerun the same command to resume" in said[0]
+    assert postgres_server.password not in output
+    _finish([_start(tmp_path, postgres_url, "resumed", *extra)])
+    trials = optuna.load_study(study_name="outage", storage=postgres_url).get_trials()
+    assert len(trials) == n and trials[0].state == TrialState.COMPLETE, trials
+    assert trials[1].state == TrialState.FAIL
+    assert "storage unavailable" in trials[1].user_attrs["reason"]
+    assert trials[2].state == TrialState.COMPLETE
     _assert_no_password(tmp_path, postgres_server.password)
 
 

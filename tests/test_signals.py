@@ -140,6 +140,35 @@ def test_optuna_sweep_fails_the_trial_and_a_rerun_tops_up(tmp_path, sig):
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # n_trials
 
 
+def test_joblib_optuna_sweep_keeps_a_trial_that_finished_before_ctrl_c(tmp_path):
+    """Two trials in parallel workers: trial 0 (1 epoch) finishes, then Ctrl-C while trial 1
+    trains. Trial 0 is COMPLETE with its record's value (its record is the truth), trial 1 FAIL."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["-m", "hparams_search=mlp_optuna", f"hydra.sweeper.storage={storage}", *LONG]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=2"]
+    args += ["lr=0.01", "optimizer=sgd", "hidden=16", "batch_size=64", "epochs=choice(1, 100)"]
+    args += ["+hydra.sweeper.enqueue_trials=[{epochs: 1}, {epochs: 100}]"]
+    proc = _start(tmp_path, args)
+    done, training = (tmp_path / "sweep" / f"trial_000{i}" for i in (0, 1))
+    deadline = time.monotonic() + 180
+    while not (
+        (read_record(done, warn=False) or {}).get("status") == "completed"
+        and (read_record(training, warn=False) or {}).get("epochs_run", 0) >= 1
+    ):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the trials did not get there in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+    output = proc.communicate(timeout=120)[0]
+    _assert_clean_stop(proc, output, signal.SIGINT)
+    first, second = optuna.load_study(study_name="mlp", storage=storage).get_trials()
+    record = read_record(done, warn=False)
+    assert first.state == TrialState.COMPLETE, first.user_attrs
+    assert first.value == record["final"]["val/acc"] and first.user_attrs["status"] == "completed"
+    assert second.state == TrialState.FAIL and second.user_attrs["status"] == "interrupted"
+    assert read_record(training, warn=False)["status"] == "interrupted"
+
+
 SLOW_CLEAN_UP = textwrap.dedent(
     """
     import sys, time

@@ -14,19 +14,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import DictConfig
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
+from mnist_lab.job import one_line
+
 from ._composing import composable, job_overrides
+from ._errors import SweeperError
 from ._search_space import Param
 from ._telling import tell_job, tell_stopped
 from ._workers import Heartbeat
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 Batch = list[tuple[optuna.Trial, list[str]]]
+
+
+def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """`trial.suggest_*` for a distribution of the search space."""
+    d = distribution
+    if isinstance(d, FloatDistribution):
+        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    assert isinstance(d, CategoricalDistribution), d
+    return trial.suggest_categorical(name, d.choices)
 
 
 def counts(study: optuna.Study) -> tuple[int, int]:
@@ -55,8 +74,11 @@ class Batches:
     in_flight: set[int] = field(default_factory=set)
 
     def ask(self, target: int) -> Batch:
-        """Up to `size` new trials with their job overrides, while the study is short of target."""
-        distributions = {p.name: p.distribution for p in self.space}
+        """Up to `size` new trials with their job overrides, while the study is short of target.
+
+        A trial is in flight from the moment it exists, before the sampler proposes its values:
+        a sampler that fails (a missing module, a model that does not fit) fails that trial too.
+        """
         by_name = {p.name: p for p in self.space}
         batch: Batch = []
         try:
@@ -64,9 +86,10 @@ class Batches:
                 finished, running = counts(self.study)
                 if finished + running >= target:
                     break
-                trial = self.study.ask(fixed_distributions=distributions)
+                trial = self.study.ask()
                 self.in_flight.add(trial.number)
                 batch.append((trial, []))
+                self._propose(trial)
                 if self.extend is not None:
                     self.extend(self.config, trial)
                 overrides = job_overrides(
@@ -78,13 +101,16 @@ class Batches:
             raise
         return batch
 
-    def run(self, batch: Batch) -> tuple[Sequence[JobReturn], list[optuna.Trial]]:
-        """Launch the trials that compose, tell every outcome; (job returns, failed trials)."""
+    def run(self, batch: Batch) -> list[optuna.Trial]:
+        """Launch the trials that compose, tell every outcome; returns the failed trials.
+
+        The job returns (each holding its job's whole composed config) are dropped once told:
+        a sweep keeps nothing per finished trial but what the study stores.
+        """
         try:
             jobs, not_composed = composable(self.study, batch, self.hydra_context, self.config)
             self.in_flight.difference_update(t.number for t in not_composed)
             failed = list(not_composed)
-            results: Sequence[JobReturn] = []
             if jobs:
                 with Heartbeat([t for t, _ in jobs], self.heartbeat_interval):
                     results = self.launcher.launch(
@@ -95,12 +121,25 @@ class Batches:
                     if tell_job(self.study, trial, ret, self.n_objectives):
                         failed.append(trial)
                     self.in_flight.discard(trial.number)
-            return results, failed
+            return failed
         except BaseException as e:
             self._stopped([t for t, _ in batch], e)
             raise
         finally:
             self.in_flight.clear()
+
+    def _propose(self, trial: optuna.Trial) -> None:
+        """The sampler's values for the searched keys (what `study.ask(fixed_distributions)`
+        does), its failure one line naming the sampler."""
+        try:
+            for param in self.space:
+                suggest(trial, param.name, param.distribution)
+        except Exception as e:
+            sampler = type(self.study.sampler).__name__
+            raise SweeperError(
+                f"hydra.sweeper.sampler: {sampler} could not propose trial {trial.number}: "
+                f"{type(e).__name__}: {one_line(e)}"
+            ) from e
 
     def _stopped(self, trials: Sequence[optuna.Trial], error: BaseException) -> None:
         tell_stopped(self.study, [t for t in trials if t.number in self.in_flight], error)

@@ -6,6 +6,7 @@ contracts they serve):
 - `_settings`: the `hydra.sweeper` keys, checked before any trial (defaults: config.py only);
 - `_search_space`: Hydra's sweep syntax (`params`, then the command line) -> Optuna distributions;
 - `_study_setup`: sampler, pruner, storage and the study, created or loaded to resume;
+- `_launchers`: whether the launcher can start, asked before any trial;
 - `_batches`: ask a batch of trials, launch the ones that compose (`_composing`), tell each
   outcome (`_telling`);
 - `_workers`: worker identity, heartbeats, trials left RUNNING by dead sweepers;
@@ -16,22 +17,31 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from mnist_lab.job import SweepFailed, display_url, raise_pending
+from mnist_lab.job import (
+    StorageUnavailable,
+    SweepFailed,
+    display_url,
+    raise_pending,
+    reaching,
+)
 
 from ._batches import Batches, counts
 from ._errors import SweeperError
-from ._search_space import fixed_names, grid_of, parse_search_space
+from ._launchers import check_launcher, check_sweep_folder
+from ._search_space import Param, fixed_names, grid_of, parse_search_space
 from ._settings import Settings
 from ._study_report import report
 from ._study_setup import (
@@ -42,10 +52,78 @@ from ._study_setup import (
     keep_recipe,
     open_study,
     setting,
+    storage_folder,
 )
 from ._workers import fail_stale, this_worker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What a sweep will run, from its settings and command line, before any storage is opened."""
+
+    directions: list[str]
+    metric_names: list[str] | None
+    space: list[Param]
+    fixed: list[str]
+    target: int  # finished trials the study should have (n_trials, clamped to a grid's size)
+    queued: list[dict[str, Any]]
+    extend: Callable[[DictConfig, optuna.Trial], None] | None
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    url: str | None
+    seeded: bool
+
+
+def plan_study(s: Settings, arguments: list[str]) -> Plan:
+    """Everything that can be wrong with the sweeper config, found before any trial: one line."""
+    directions = s.directions()
+    metric_names = s.objective_names(len(directions))
+    s.check()
+    space, fixed = parse_search_space(s.params, arguments, s.search_space)
+    grid = grid_of(space) if is_grid(s.sampler) else None
+    target = s.n_trials
+    if grid is not None:
+        if s.custom_search_space:
+            raise SweeperError("grid sampler: custom_search_space cannot be used with a grid")
+        space = [p.for_grid() for p in space]
+        size = math.prod(len(v) for v in grid.values())
+        if target > size:
+            log.info("n_trials %d clamped to the grid size %d", target, size)
+        target = min(target, size)
+    queued = s.trials_to_enqueue({p.name for p in space}, fixed_names(fixed))
+    if queued and grid is not None:
+        raise SweeperError(
+            "grid sampler: enqueue_trials cannot be used with a grid "
+            "(hydra.sweeper.enqueue_trials=null)"
+        )
+    return Plan(
+        directions=directions,
+        metric_names=metric_names,
+        space=list(space),
+        fixed=fixed,
+        target=target,
+        queued=queued,
+        extend=get_method(s.custom_search_space) if s.custom_search_space else None,
+        sampler=build_sampler(s.sampler, grid),
+        pruner=build_pruner(s.pruner),
+        url=absolute_storage_url(s.storage),
+        seeded=setting(s.sampler, "seed") is not None,
+    )
+
+
+@contextmanager
+def resumable(url: str | None) -> Iterator[None]:
+    """A storage that stops answering mid-sweep ends it with one line saying how to resume."""
+    try:
+        with reaching(url):
+            yield
+    except StorageUnavailable as e:
+        raise StorageUnavailable(
+            f"{e}: the sweep stopped. Once the storage answers again, rerun the same command to "
+            "resume; the trials that were running are then marked failed"
+        ) from None
 
 
 class OptunaSweeperImpl(Sweeper):
@@ -63,38 +141,30 @@ class OptunaSweeperImpl(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function
         )
 
-    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None
+        p = plan_study(self.settings, arguments)
+        launcher = self.config.hydra.runtime.choices.get("hydra/launcher")
+        check_launcher(self.config.hydra.launcher, f"hydra/launcher={launcher}")
+        check_sweep_folder(Path(str(self.config.hydra.sweep.dir)))
+        with resumable(p.url):
+            self.run(p)
+        # Like Hydra's official Optuna sweeper: nothing returned, so nothing per trial is held
+        # (a job's return keeps its whole composed config).
+        return None
+
+    def run(self, p: Plan) -> None:
+        """Open the study and run batches until it has its trials; report it."""
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         s = self.settings
-        # Everything that can be wrong with the sweeper config is found here, before any trial.
-        directions = s.directions()
-        metric_names = s.objective_names(len(directions))
-        s.check()
-        space, fixed = parse_search_space(s.params, arguments, s.search_space)
-        grid = grid_of(space) if is_grid(s.sampler) else None
-        target = s.n_trials
-        if grid is not None:
-            if s.custom_search_space:
-                raise SweeperError("grid sampler: custom_search_space cannot be used with a grid")
-            space = [p.for_grid() for p in space]
-            size = math.prod(len(v) for v in grid.values())
-            if target > size:
-                log.info("n_trials %d clamped to the grid size %d", target, size)
-            target = min(target, size)
-        queued = s.trials_to_enqueue({p.name for p in space}, fixed_names(fixed))
-        if queued and grid is not None:
-            raise SweeperError("grid sampler: enqueue_trials cannot be used with a grid")
-        extend = get_method(s.custom_search_space) if s.custom_search_space else None
-        sampler = build_sampler(s.sampler, grid)
-        pruner = build_pruner(s.pruner)
-        url = absolute_storage_url(s.storage)
-        seeded = setting(s.sampler, "seed") is not None
+        space, target, sampler, pruner, url = p.space, p.target, p.sampler, p.pruner, p.url
+        storage_folder(url, Path(str(self.config.hydra.sweep.dir)))
         study, storage = open_study(
-            url, s.study_name, sampler, pruner, directions, metric_names, seeded
+            url, s.study_name, sampler, pruner, p.directions, p.metric_names, p.seeded
         )
-        keep_recipe(study, self.config, {p.name for p in space})
-        for params in queued:  # run first; skipped when the study already has such a trial
+        keep_recipe(study, self.config, {param.name for param in space})
+        for params in p.queued:  # run first; skipped when the study already has such a trial
             study.enqueue_trial(params, skip_if_exists=True)
         worker = this_worker()
         batches = Batches(
@@ -103,13 +173,13 @@ class OptunaSweeperImpl(Sweeper):
             hydra_context=self.hydra_context,
             config=self.config,
             space=space,
-            fixed=fixed,
-            extend=extend,
+            fixed=p.fixed,
+            extend=p.extend,
             url=url,
             worker=worker,
             heartbeat_interval=s.heartbeat_interval,
             size=s.batch_size(self.config.hydra.launcher),
-            n_objectives=len(directions),
+            n_objectives=len(p.directions),
         )
 
         fail_stale(study, storage, s.grace_period, worker, batches.in_flight)
@@ -128,7 +198,6 @@ class OptunaSweeperImpl(Sweeper):
             type(pruner).__name__,
         )
         failed = 0
-        returns: list[Sequence[JobReturn]] = []
         while not (
             isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
         ):
@@ -137,12 +206,11 @@ class OptunaSweeperImpl(Sweeper):
             batch = batches.ask(target)
             if not batch:
                 break
-            batch_returns, batch_failed = batches.run(batch)
-            returns.append(batch_returns)
+            batch_failed = batches.run(batch)
             failed += len(batch_failed)
             # Over the trials this sweep set out to run, not per batch (README, compatibility).
             if failed > s.max_failure_rate * planned:
-                report(study, url, directions, s.n_trials, self.config)
+                report(study, url, p.directions, s.n_trials, self.config)
                 last = batch_failed[-1]
                 raise SweepFailed(
                     f"stopping the sweep: {failed} of the trials it ran failed, more than "
@@ -150,7 +218,6 @@ class OptunaSweeperImpl(Sweeper):
                     f"{last.number}: {last.user_attrs.get('reason')} (every trial's reason: "
                     "user attribute `reason`, or the job logs)"
                 )
-        message = report(study, url, directions, s.n_trials, self.config)
+        message = report(study, url, p.directions, s.n_trials, self.config)
         if message is not None:
             raise SweepFailed(message)
-        return returns

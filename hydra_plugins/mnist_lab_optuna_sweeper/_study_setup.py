@@ -1,11 +1,10 @@
 """The study from config: its sampler and pruner (`hydra.sweeper.sampler`/`pruner`), its storage
-(through `mnist_lab.job.optuna_study`, which the jobs use too) and the study itself, created or loaded
-to resume.
+(through `mnist_lab.job.optuna_study`, which the jobs use too; an SQLite file's folder made only
+where the sweep writes) and the study itself, created or loaded to resume.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import warnings
@@ -25,6 +24,7 @@ from mnist_lab.job import (
     one_line,
     open_storage,
     recipe_of,
+    sqlite_path,
 )
 from mnist_lab.job import build_pruner as pruner_from_config
 
@@ -50,8 +50,6 @@ def build_sampler(
     target = setting(cfg, "_target_")
     if target in REMOVED_SAMPLERS:
         raise SweeperError(f"hydra.sweeper.sampler: {REMOVED_SAMPLERS[target]}")
-    if str(target).endswith("CmaEsSampler") and importlib.util.find_spec("cmaes") is None:
-        raise SweeperError(f"hydra.sweeper.sampler: {target} needs `pip install cmaes`")
     extra = {"search_space": grid} if grid is not None else {}
     try:
         return from_config(cfg, **extra)
@@ -68,13 +66,25 @@ def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
 
 def absolute_storage_url(url: str | None) -> str | None:
     """SQLite paths made absolute, so jobs that change directory still find the database."""
-    prefix = "sqlite:///"
-    if url is None or not url.startswith(prefix):
-        return url
-    path = url[len(prefix) :]
-    if not path or path.startswith(":memory:") or path.startswith("file:"):
-        return url
-    return prefix + str(Path(path).expanduser().resolve())
+    path = sqlite_path(url)
+    return url if path is None else "sqlite:///" + str(path.expanduser().resolve())
+
+
+def storage_folder(url: str | None, sweep_dir: Path) -> None:
+    """An SQLite database's folder must exist, except one the sweep's outputs go under, which
+    Hydra makes anyway (the default `results/optuna.db` beside `results/multiruns/`): a
+    mistyped path is refused in one line, never created."""
+    path = sqlite_path(url)
+    if path is None or path.parent.is_dir():
+        return
+    folder = path.parent.resolve()
+    if folder in sweep_dir.resolve().parents:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    raise SweeperError(
+        f"hydra.sweeper.storage={display_url(url)!r}: folder {folder} does not exist (make it "
+        "first; only a folder the sweep's outputs go under is made)"
+    )
 
 
 def open_study(

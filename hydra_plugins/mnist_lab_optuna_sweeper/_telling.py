@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lab.job import one_line, read_record, stop_status
+from mnist_lab.job import (
+    StorageUnavailable,
+    is_unavailable,
+    one_line,
+    read_record,
+    stop_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,65 +90,138 @@ def tell(
             raise
 
 
+# A record without `config.objective` (written before objectives were configurable): the task
+# returned its final validation accuracy.
+DEFAULT_METRICS = ("val/acc",)
+
+
+def record_values(record: Mapping[str, Any], n_objectives: int) -> tuple[list[float] | None, str]:
+    """The values a completed job's task returned, as its record states them: each metric of the
+    record's `config.objective.metrics` (default val/acc) at the last epoch (`final`), or a fact
+    of the record (`param_count`) for a metric no epoch measures."""
+    objective = (record.get("config") or {}).get("objective") or {}
+    metrics = objective.get("metrics") or DEFAULT_METRICS
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    final = record.get("final") or {}
+    items = [final[m] if m in final else record.get(m) for m in metrics]
+    values, why = objective_values(items[0] if len(items) == 1 else items, n_objectives)
+    return values, "" if why is None else f"record: objective {why}"
+
+
+@dataclass
+class Outcome:
+    """How a trial ends: its state, values (COMPLETE only) and reason (None when complete)."""
+
+    state: TrialState
+    values: list[float] | None = None
+    reason: str | None = None
+
+
+def record_outcome(record: Mapping[str, Any] | None, n_objectives: int) -> Outcome | None:
+    """The outcome a job's record states when the job finished (completed, failed, diverged,
+    pruned); None for a job that did not (no record, running, stopped by a signal, killed)."""
+    status = (record or {}).get("status")
+    if status == "completed":
+        values, why = record_values(record, n_objectives)
+        return (
+            Outcome(TrialState.COMPLETE, values) if values else Outcome(TrialState.FAIL, None, why)
+        )
+    if status in ("failed", "diverged"):
+        return Outcome(TrialState.FAIL, None, f"{status}: {record.get('reason')}")
+    if status == "pruned":
+        return Outcome(TrialState.PRUNED, None, record.get("reason") or "pruned")
+    return None
+
+
+def tell_outcome(
+    study: optuna.Study,
+    trial: optuna.Trial | FrozenTrial,
+    outcome: Outcome,
+    attrs: dict[str, Any],
+    set_attr: Callable[[str, Any], None],
+) -> None:
+    """Store the user attributes (`status` and `reason` from the outcome unless given) with
+    `set_attr` (a live trial's `set_user_attr`, or the storage's for a trial of a dead sweeper)
+    and tell the outcome."""
+    state = outcome.state
+    attrs.setdefault("status", {TrialState.COMPLETE: "completed"}.get(state, state.name.lower()))
+    if outcome.reason:
+        attrs["reason"] = str(outcome.reason)
+    for key, value in attrs.items():
+        set_attr(key, value)
+    tell(study, trial.number, state, outcome.values)
+    if state == TrialState.COMPLETE:
+        assert outcome.values is not None
+        shown = ", ".join(f"{v:.6g}" for v in outcome.values)
+        log.info("trial %d complete: %s (%s)", trial.number, shown, params_text(trial.params))
+    else:
+        log.warning("trial %d %s: %s", trial.number, state.name.lower(), outcome.reason)
+
+
 def tell_job(study: optuna.Study, trial: optuna.Trial, ret: JobReturn, n_objectives: int) -> bool:
-    """Tell the job's outcome with the record's facts as user attributes; True if it failed."""
+    """Tell the job's outcome with the record's facts as user attributes; True if it failed.
+
+    The task's return value gives the values; a record that says the job failed, diverged or was
+    pruned wins over a number returned; a job that raised is FAIL (PRUNED for TrialPruned).
+    """
     run_dir = None
     if ret.hydra_cfg is not None:
         run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
     record = job_record(run_dir)
-    attrs = record_attrs(record)
-    status = (record or {}).get("status")
-    reason = (record or {}).get("reason")
-    values = None
+    # A completed job's values are what its task returned; any other finished record wins.
+    completed = (record or {}).get("status") == "completed"
+    stated = None if completed else record_outcome(record, n_objectives)
     if ret.status == JobStatus.FAILED:
         # The exception the job raised (JobReturn.return_value would re-raise it and print
         # "Error executing job", which is wrong for a pruned trial).
         error = ret._return_value
         if isinstance(error, optuna.TrialPruned):
-            state, reason = TrialState.PRUNED, reason or one_line(error) or "pruned"
+            reason = (record or {}).get("reason") or one_line(error) or "pruned"
+            outcome = Outcome(TrialState.PRUNED, None, reason)
         else:
-            state, reason = TrialState.FAIL, f"{type(error).__name__}: {one_line(error)}"
-    elif status in ("failed", "diverged"):
-        state, reason = TrialState.FAIL, f"{status}: {reason}"
-    elif status == "pruned":
-        state = TrialState.PRUNED
+            outcome = Outcome(TrialState.FAIL, None, f"{type(error).__name__}: {one_line(error)}")
+    elif stated is not None:
+        outcome = stated
     else:
         values, why = objective_values(ret.return_value, n_objectives)
-        state = TrialState.COMPLETE if why is None else TrialState.FAIL
-        reason = reason if why is None else f"objective {why}"
-    attrs.setdefault("status", {TrialState.COMPLETE: "completed"}.get(state, state.name.lower()))
-    if reason:
-        attrs["reason"] = str(reason)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    tell(study, trial, state, values)
-    if state == TrialState.COMPLETE:
-        assert values is not None
-        shown = ", ".join(f"{v:.6g}" for v in values)
-        log.info("trial %d complete: %s (%s)", trial.number, shown, params_text(trial.params))
-    else:
-        log.warning("trial %d %s: %s", trial.number, state.name.lower(), reason)
-    return state == TrialState.FAIL
+        reason = (record or {}).get("reason") if why is None else f"objective {why}"
+        outcome = Outcome(TrialState.COMPLETE if why is None else TrialState.FAIL, values, reason)
+    tell_outcome(study, trial, outcome, record_attrs(record), trial.set_user_attr)
+    return outcome.state == TrialState.FAIL
 
 
 def tell_stopped(study: optuna.Study, trials: Sequence[optuna.Trial], error: BaseException) -> None:
-    """Tell FAIL the trials a stopped sweep leaves unfinished, so none stays RUNNING.
+    """Tell the trials a stopped sweep leaves unfinished, so none stays RUNNING.
 
-    Ctrl-C and SIGTERM (`mnist_lab.signals`) give the status `interrupted` / `terminated`;
-    any other error (a launcher's) gives `failed` with the error as the reason.
+    A trial whose job finished before the stop is told what its record says (COMPLETE with its
+    values, or why it failed): its record is the truth, whatever the launcher. The others are
+    FAIL: Ctrl-C and SIGTERM (`mnist_lab.signals`) give the status `interrupted` /
+    `terminated`, a storage that stopped answering the reason `storage unavailable` (stored if
+    it answers again), any other error (a launcher's) `failed` with the error as the reason.
     """
     if isinstance(error, KeyboardInterrupt):
         status, _ = stop_status(error)
-        reason = f"{status}: {type(error).__name__}"
+        stopped = Outcome(TrialState.FAIL, None, f"{status}: {type(error).__name__}")
+    elif is_unavailable(error) or isinstance(error, StorageUnavailable):
+        status, stopped = "failed", Outcome(TrialState.FAIL, None, "storage unavailable")
     else:
-        status, reason = "failed", f"sweep stopped: {type(error).__name__}: {one_line(error)}"
+        status = "failed"
+        stopped = Outcome(
+            TrialState.FAIL, None, f"sweep stopped: {type(error).__name__}: {one_line(error)}"
+        )
+    n_objectives = len(study.directions)
     for trial in trials:
         try:
-            trial.set_user_attr("reason", reason)
-            trial.set_user_attr("status", status)
-            tell(study, trial, TrialState.FAIL)
+            run_dir = trial.user_attrs.get("run_dir")
+            record = job_record(Path(run_dir)) if run_dir else None
+            outcome = record_outcome(record, n_objectives)
+            if outcome is None:
+                outcome, attrs = stopped, {"status": status}
+            else:
+                attrs = record_attrs(record)
+            tell_outcome(study, trial, outcome, attrs, trial.set_user_attr)
         except Exception as e:
-            log.debug("could not fail trial %d: %s", trial.number, e)
+            log.debug("could not tell trial %d: %s", trial.number, e)
 
 
 def params_text(params: Mapping[str, Any]) -> str:

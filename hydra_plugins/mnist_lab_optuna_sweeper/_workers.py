@@ -10,12 +10,14 @@ import socket
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ._telling import tell
+from ._telling import Outcome, job_record, record_attrs, record_outcome, tell_outcome
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +95,33 @@ def fail_stale(
     here: Mapping[str, Any],
     in_flight: set[int],
 ) -> None:
-    """Tell FAIL (reason `stale: ...`) every RUNNING trial left over from a dead worker."""
+    """Tell every RUNNING trial left over from a dead worker: what its job's record says when
+    the job finished (COMPLETE with its values, or why it failed), else FAIL (`stale: ...`)."""
     at = now()
     study_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = stale_reason(trial, at, grace_period, here, in_flight)
         if reason is None:
             continue
+        run_dir = trial.user_attrs.get("run_dir")
+        record = job_record(Path(run_dir)) if run_dir else None
+        outcome = record_outcome(record, len(study.directions))
+        if outcome is None:
+            outcome, attrs = Outcome(TrialState.FAIL, None, f"stale: {reason}"), {"status": "stale"}
+        else:  # the job finished before its sweeper was lost: its record is the truth
+            attrs = record_attrs(record)
+            log.info(
+                "trial %d: %s; its job's record says %s", trial.number, reason, record["status"]
+            )
         try:
             if study_id is None:
                 study_id = storage.get_study_id_from_name(study.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            storage.set_trial_user_attr(trial_id, "reason", f"stale: {reason}")
-            storage.set_trial_user_attr(trial_id, "status", "stale")
-            tell(study, trial.number, TrialState.FAIL)
+            tell_outcome(
+                study, trial, outcome, attrs, partial(storage.set_trial_user_attr, trial_id)
+            )
         except Exception as e:  # another worker failed or finished it first
             log.debug("stale trial %d: %s", trial.number, e)
-            continue
-        log.warning("trial %d marked failed: %s", trial.number, reason)
 
 
 class Heartbeat:

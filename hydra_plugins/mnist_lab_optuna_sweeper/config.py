@@ -101,7 +101,7 @@ class NSGAIISamplerConfig(SamplerConfig):
 
 @dataclass
 class GPSamplerConfig(SamplerConfig):
-    """Gaussian-process Bayesian optimisation (needs torch and scipy, both installed here)."""
+    """Gaussian-process Bayesian optimisation (needs torch and scipy, both project dependencies)."""
 
     _target_: str = "optuna.samplers.GPSampler"
     independent_sampler: Any = None

@@ -38,7 +38,7 @@ from omegaconf.errors import (
 )
 
 from mnist_lab import signals
-from mnist_lab.errors import LabError, SweepFailed
+from mnist_lab.errors import LabError, StorageUnavailable, SweepFailed
 from mnist_lab.records.reading import mark_stopped
 
 EXIT_SWEEP_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -102,7 +102,7 @@ def _composition(error: ConfigCompositionException) -> list[str]:
 
 def explain(error: Exception) -> tuple[list[str], int] | None:
     """(lines to print, exit status) for an error the user can fix; None for a bug."""
-    if isinstance(error, SweepFailed):
+    if isinstance(error, (SweepFailed, StorageUnavailable)):
         return [_first_line(error)], EXIT_SWEEP_FAILED
     if isinstance(error, LabError):
         return [_first_line(error)], EXIT_BAD_INPUT
@@ -116,6 +116,8 @@ def explain(error: Exception) -> tuple[list[str], int] | None:
         return _composition(error), EXIT_BAD_INPUT
     if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
         return [_first_line(error)], EXIT_BAD_INPUT
+    if isinstance(error, ValueError) and isinstance(error.__cause__, OSError):
+        return explain(error.__cause__)  # logging's "Unable to configure handler": the log file
     if isinstance(error, OSError):  # Hydra's own writes: the output folder, .hydra/
         where = error.filename or _output_folder()
         what = error.strerror or type(error).__name__

@@ -3,7 +3,7 @@ launcher) use of mnist_lab, and nothing else. The plugins import these names fro
 only (tests/test_architecture.py checks it), so the rooms behind them can change freely."""
 
 from mnist_lab.config.recipe import recipe_of
-from mnist_lab.errors import ConfigError, SweepFailed
+from mnist_lab.errors import ConfigError, StorageUnavailable, SweepFailed
 from mnist_lab.job.group import Job, capacity, group_key, train_group
 from mnist_lab.job.optuna_study import (
     TRIAL_ENV,
@@ -12,9 +12,12 @@ from mnist_lab.job.optuna_study import (
     display_url,
     from_config,
     hide_password,
+    is_unavailable,
     keep_in_memory,
     one_line,
     open_storage,
+    reaching,
+    sqlite_path,
 )
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.reading import read_record
@@ -25,6 +28,7 @@ __all__ = [
     "ConfigError",
     "Job",
     "OptunaConfigError",
+    "StorageUnavailable",
     "SweepFailed",
     "atomic_write_text",
     "build_pruner",
@@ -33,12 +37,15 @@ __all__ = [
     "from_config",
     "group_key",
     "hide_password",
+    "is_unavailable",
     "keep_in_memory",
     "one_line",
     "open_storage",
     "raise_pending",
+    "reaching",
     "read_record",
     "recipe_of",
+    "sqlite_path",
     "stop_status",
     "train_group",
 ]

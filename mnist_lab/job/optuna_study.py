@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mnist_lab.errors import StorageUnavailable
 
 # Each job's Hydra config carries its trial number as hydra.job.env_set.<TRIAL_ENV>.
 TRIAL_ENV = "MNIST_LAB_OPTUNA_TRIAL"
@@ -110,16 +113,23 @@ def build_pruner(cfg: Any) -> Any:
     return optuna.pruners.NopPruner() if cfg is None else from_config(cfg)
 
 
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL; None for another URL or an in-memory one."""
+    prefix = "sqlite:///"
+    if url is None or not url.startswith(prefix):
+        return None
+    path = url[len(prefix) :]
+    return None if not path or path.startswith((":memory:", "file:")) else Path(path)
+
+
 def open_storage(url: str | None) -> Any:
-    """RDB storage for a URL (SQLite waits for locks instead of failing); in memory for None."""
+    """RDB storage for a URL (SQLite waits for locks instead of failing); in memory for None.
+    Creates no folder: the sweeper decides which one may be made (`_study_setup`)."""
     import optuna
 
     if url is None:
         return optuna.storages.InMemoryStorage()
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if path and not path.startswith((":memory:", "file:")):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         return _rdb_storage(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     return _rdb_storage(url, {"pool_pre_ping": True})
 
@@ -161,6 +171,50 @@ _ALREADY_EXISTS = {"42710", "42P07"}
 
 def _already_exists(error) -> bool:
     return getattr(getattr(error, "orig", None), "sqlstate", None) in _ALREADY_EXISTS
+
+
+def _lost_connection(error: BaseException) -> BaseException | None:
+    """The database error in `error`'s chain that says the storage cannot be reached (the
+    connection refused, lost or locked: SQLAlchemy's OperationalError, InterfaceError,
+    DisconnectionError), however Optuna wrapped it; None if there is none."""
+    import sys
+
+    exc = sys.modules.get("sqlalchemy.exc")
+    if exc is None:  # this process never reached a database
+        return None
+    lost = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, lost):
+            return cause
+        seen.add(id(cause))
+        context = None if cause.__suppress_context__ else cause.__context__
+        cause = cause.__cause__ or context  # `raise ... from None` ends the chain
+    return None
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the study's storage cannot be reached (see `_lost_connection`)."""
+    return _lost_connection(error) is not None
+
+
+def unavailable(url: str | None, error: BaseException) -> StorageUnavailable:
+    """`storage unavailable: URL (the driver's first line)`, the password hidden."""
+    lost = _lost_connection(error) or error
+    why = hide_password(one_line(getattr(lost, "orig", None) or lost), url)
+    return StorageUnavailable(f"storage unavailable: {display_url(url)} ({why})")
+
+
+@contextmanager
+def reaching(url: str | None) -> Iterator[None]:
+    """Storage calls whose connection failure becomes `StorageUnavailable` (one line)."""
+    try:
+        yield
+    except Exception as e:
+        if is_unavailable(e):
+            raise unavailable(url, e) from None
+        raise
 
 
 def one_line(error: BaseException) -> str:

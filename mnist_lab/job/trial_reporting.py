@@ -104,7 +104,9 @@ def epoch_reporter(epochs: int) -> Reporter | None:
         return None
     import optuna
 
-    trial = _open_trial(*context)
+    url = context[0].get("storage")
+    with optuna_study.reaching(url):  # a storage that stopped answering: one line, no traceback
+        trial = _open_trial(*context)
     if trial is None:
         return None
     if len(trial.study.directions) > 1:
@@ -116,10 +118,12 @@ def epoch_reporter(epochs: int) -> Reporter | None:
         value = metrics.get("val/acc")
         if epoch < 1 or value is None or not math.isfinite(value):
             return
-        trial.report(float(value), step=epoch)
         # No decision after the last epoch that runs: the configured last, or the one early
         # stopping ends on (the trainer flags it); such a trial is complete.
-        if epoch < epochs and not metrics.get("last_epoch") and trial.should_prune():
+        with optuna_study.reaching(url):
+            trial.report(float(value), step=epoch)
+            prune = epoch < epochs and not metrics.get("last_epoch") and trial.should_prune()
+        if prune:
             raise optuna.TrialPruned(
                 f"pruned by {pruner_name} after epoch {epoch} (val/acc {value:.4f})"
             )
