@@ -13,12 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Config keys that do not change what is trained, so they never make two recipes: the seeds (they
-# make replicates), the preset's notes, where the files are (the data's fingerprint says what they
-# held), the device (recorded beside) and what is shown.
+from mnist_lab.config.vocabulary import SEED
+
+# Config keys that do not change what is trained, so they never make two recipes: the seed knob
+# and the key it feeds (they make replicates), the preset's notes, where the files are (the data's
+# fingerprint says what they held), the device (recorded beside) and what is shown.
 NOT_RECIPE = (
-    "seed",
-    "trainer.seed",
+    SEED.name,
+    *SEED.feeds,
     "preset",
     "data.root",
     "data.cache_dir",
