@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mnist_lab.config.knobs import check_knobs, unused_knobs
-from mnist_lab.config.vocabulary import BY_NAME
 from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.vocabulary import BY_NAME
 from mnist_lab.errors import ConfigError
 from mnist_lab.job.task import build_trainer
 
