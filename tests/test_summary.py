@@ -30,6 +30,7 @@ from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.records import files, reading
 from mnist_lab.records.format import METRICS_COLUMNS
 from mnist_lab.results import summary
+from mnist_lab.results.columns import typed
 from mnist_lab.results.summary import SummaryError, summarize
 
 SUMMARIZE_PY = REPO_ROOT / "experiments" / "summarize.py"
@@ -496,6 +497,166 @@ def test_other_grouping_and_metrics(lab, tmp_path):
     assert loss["final.test/loss mean"].tolist() == pytest.approx([0.02, 0.12, 0.05, 0.025, 0.35])
 
 
+# --- what differs, what is shared, and statistics that mean what they say -----------------------
+
+SEARCHED = ("model.input_dropout", "model.dropout", "trainer.label_smoothing", "trainer.max_norm")
+
+
+def test_a_study_shows_every_key_its_trials_differ_in_and_a_subset_says_so(tmp_path):
+    """Issue 20's reproducer: two trials of a regularisation study differ in lr and four more
+    keys, and searched a fifth that came out equal; a single run on a subset sits beside them."""
+    results = tmp_path / "results"
+    study = results / "multiruns" / "S"
+    trials = [
+        {"lr": 0.05, **dict(zip(SEARCHED, (0.1, 0.3, 0.1, 3.5), strict=True))},
+        {"lr": 0.0121, **dict(zip(SEARCHED, (0.32, 0.44, 0.04, 2.0), strict=True))},
+    ]
+    fixed = {"data.train_subset": 3000, "model.hidden_sizes": [1024, 1024], "data.deskew": True}
+    for number, values in enumerate(trials):
+        searched = {k: v for k, v in values.items() if k != "lr"} | {"optimizer.weight_decay": 0.0}
+        write_run(
+            study / f"trial_{number}",
+            [0.88 - 0.2 * number],
+            hidden=1024,
+            lr=values["lr"],
+            sweep_dir=study,
+            num=number,
+            trial={"study_name": "mlp_regularised", "number": number},
+            config={**fixed, **searched},
+            overrides=[
+                "epochs=3",
+                "data.train_subset=3000",
+                *(f"{k}={v}" for k, v in values.items()),
+            ],
+        )
+    report = {"best_params": {**trials[0], "optimizer.weight_decay": 0.0}}  # the sweeper's report
+    (study / "optimization_results.yaml").write_text(json.dumps(report))
+    write_run(results / "runs" / "subset", [0.8], config={"data.train_subset": 2000})
+    write_run(results / "runs" / "full", [0.9], seed=1)
+
+    result = run([results], tmp_path / "out")
+    searched, single = result.sections
+    assert searched.keys == [
+        "lr",
+        "config.model.dropout",
+        "config.model.input_dropout",
+        "config.optimizer.weight_decay",  # searched, equal in both trials: still a column
+        "config.trainer.label_smoothing",
+        "config.trainer.max_norm",
+    ]
+    header = result.markdown.split("## study mlp_regularised")[1].split("\n| ")[1]
+    for name in ("lr", *SEARCHED, "optimizer.weight_decay"):
+        assert f" {name} " in f" {header}"
+    assert searched.same == {
+        "hidden": 1024,
+        "epochs": 3,
+        "config.data.deskew": True,
+        "config.data.train_subset": 3000,
+        "config.model.hidden_sizes": "[1024, 1024]",
+        "data.id": "eee3ce93c2df",
+    }
+    assert "data.deskew=true, data.train_subset=3000, model.hidden_sizes=[1024,1024]" in (
+        result.markdown
+    )
+    # the subset run is not full MNIST: the single runs differ in it, and it is a column
+    assert single.keys == ["config.data.train_subset"]
+    assert single.grid["config.data.train_subset"].map(typed).tolist() == ["2000", ""]
+
+
+@pytest.mark.parametrize(
+    ("second", "told_apart"),
+    [([0.895, 0.905, 0.925], False), ([0.80, 0.81, 0.815], True)],
+    ids=["overlapping", "worse"],
+)
+def test_two_recipes_over_three_seeds_give_n_the_spread_and_welchs_verdict(
+    tmp_path, second, told_apart
+):
+    from scipy import stats
+
+    sweep = tmp_path / "s"
+    first = [0.90, 0.91, 0.93]
+    for seed, (a, b) in enumerate(zip(first, second, strict=True)):
+        write_run(sweep / f"a{seed}", [a + 0.01], val_acc=[a], seed=seed, sweep_dir=sweep, num=seed)
+        write_run(
+            sweep / f"b{seed}", [b + 0.01], val_acc=[b], hidden=32, seed=seed, sweep_dir=sweep
+        )
+    result = run([sweep], tmp_path / "out")
+    grid = result.grid
+    assert grid["hidden"].tolist() == [16, 32] and grid["n"].tolist() == [3, 3]
+    val = [100 * v for v in first]
+    assert grid["final.val/acc % mean"][0] == pytest.approx(sum(val) / 3)
+    std = pd.Series(val).std()
+    assert grid["final.val/acc % std"][0] == pytest.approx(std)
+    half = stats.t.ppf(0.975, 2) * std / math.sqrt(3)  # Student t, two degrees of freedom
+    assert grid["final.val/acc % ci95 high"][0] == pytest.approx(sum(val) / 3 + half)
+    p = stats.ttest_ind([100 * v for v in second], val, equal_var=False).pvalue
+    assert grid["best"].tolist() == [summary.BEST_MARK, "" if told_apart else summary.TIE_MARK]
+    assert grid["welch p"][1] == pytest.approx(p) and (p < 0.05) == told_apart
+    row = result.markdown.split("\n| 32 ")[1].split("\n")[0]
+    mean, spread = grid["final.val/acc % mean"][1], grid["final.val/acc % std"][1]
+    assert f"{mean:.2f} ± {spread:.2f} [" in row and "| 3 " in row
+    assert (f"≈ p={p:.2g}" in row) != told_apart
+    assert "Welch's t-test" in result.markdown.split("## ")[0]  # the header names the test
+
+
+def objective(metrics: list, directions: list) -> dict:
+    return {"objective": {"metrics": metrics, "directions": directions}}
+
+
+def test_the_best_row_follows_the_objective_and_two_objectives_mark_the_pareto_rows(tmp_path):
+    sweep = tmp_path / "loss"
+    for num, (hidden, val) in enumerate([(16, 0.95), (32, 0.90)]):
+        write_run(
+            sweep / str(num),
+            [val],
+            val_acc=[val],
+            hidden=hidden,
+            sweep_dir=sweep,
+            num=num,
+            config=objective(["val/loss"], ["minimize"]),
+        )
+    result = run([sweep], tmp_path / "a")
+    (section,) = result.sections
+    assert section.metrics[0] == "final.val/loss" and "final.val/loss mean" in result.grid
+    # val/loss = 1 - acc + 0.02 in these records: lowest loss = highest accuracy, hidden 16
+    assert result.grid["best"].tolist() == [summary.BEST_MARK, ""]
+    assert "Objective: val/loss (minimize); ★ follows it." in result.markdown
+
+    pareto = tmp_path / "pareto"
+    for num, (hidden, val) in enumerate([(16, 0.90), (32, 0.95), (64, 0.93), (128, 0.94)]):
+        write_run(
+            pareto / str(num),
+            [val],
+            val_acc=[val],
+            hidden=hidden,
+            sweep_dir=pareto,
+            num=num,
+            config=objective(["val/acc", "param_count"], ["maximize", "minimize"]),
+        )
+    result = run([pareto], tmp_path / "b")
+    grid = result.grid
+    # param_count grows with hidden: 16 (smallest) and 32 (most accurate) dominate 64 and 128
+    assert grid["hidden"].tolist() == [16, 32, 64, 128]
+    assert grid["best"].tolist() == [summary.PARETO_MARK, summary.PARETO_MARK, "", ""]
+    assert "param_count mean" in grid and "Objective: val/acc (maximize), param_count" in (
+        result.markdown
+    )
+    table, best = summary.top_rows(result.sections[0], 10)
+    assert best == "hidden=16; hidden=32" and list(table["best"])[:2] == ["◆", "◆"]
+
+
+def test_values_are_labelled_as_typed():
+    assert [typed(v) for v in (3000.0, 0.0121, 1e-5, True, None, "[64, 64]", 2)] == [
+        "3000",
+        "0.0121",
+        "1e-05",
+        "true",
+        "",
+        "[64,64]",
+        "2",
+    ]
+
+
 def test_bad_input_writes_nothing(lab, tmp_path):
     out = tmp_path / "out"
     cases = {
@@ -674,15 +835,104 @@ def test_cli_options(lab, tmp_path):
         (["--metric", "nope"], "--metric: unknown column 'nope'"),
         (["--where", "status =="], "--where 'status =='"),
         (["missing/"], "no such directory or result.json: missing"),
+        (["--where", ""], "--where '': empty expression"),
+        (["--where", "not " * 1_500 + "seed == 0"], "nested 1500 deep: at most 50"),
+        (["--where", "not " * 25_000 + "seed == 0"], "longer than 10,000 characters"),
     ],
+    ids=["by", "metric", "where", "path", "empty where", "1500 not", "25000 not"],
 )
 def test_cli_bad_input_is_one_line_exit_2(lab, tmp_path, args, says):
     proc = summarize_cli(*args, "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2
     # before it, only the warning about the half-written record in `lab`
-    assert proc.stderr.splitlines()[-1].startswith(f"summarize: error: {says}")
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("summarize: error: ") and says in last and len(last) < 200
     assert proc.stderr.count("summarize: error") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody can write into: a read-only tmpfs for root (who ignores modes), else
+    mode 555; skipped with the reason where root cannot mount one."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_cli_out_that_cannot_be_written_is_one_line_exit_2(lab, tmp_path, read_only_folder):
+    for out, says in [
+        (lab / "runs" / "old" / "metrics.csv", "it is a file, not a folder"),
+        (read_only_folder / "summary", f"{read_only_folder} is not writable"),
+    ]:
+        proc = summarize_cli("--out", str(out), "--no-plots", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.splitlines()[-1]
+        assert last == f"summarize: error: cannot write into {out}: {says}"
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_cli_skips_a_malformed_record_with_one_line_and_never_loads_torch(lab, tmp_path):
+    """`{"status": 5}` beside good runs: one warning naming it, the summary of the others is
+    written; the whole command (tables and figures) never imports torch or a model."""
+    bad = lab / "runs" / "bad"
+    bad.mkdir()
+    (bad / "result.json").write_text('{"status": 5}')
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['summarize.py']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SUMMARIZE_PY)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'"
+        " or m.startswith(('mnist_lab.models', 'mnist_lab.train', 'mnist_lab.job'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.splitlines()[-2:] == ["exit 0", "[]"], proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipping")]
+    assert skipped[0] == (
+        "skipping malformed record results/runs/bad/result.json (status: 5 is not a string)"
+    )
+    assert len(skipped) == 2 and "Traceback" not in proc.stderr  # and the half-written one
+    assert len(read_csv(lab / "summary.csv")) == 9
+    assert_png(lab / "learning_curves.png")
+
+
+def test_a_narrower_summary_goes_to_its_own_folder_and_leaves_the_main_report(lab, tmp_path):
+    assert summarize_cli(cwd=tmp_path).returncode == 0
+    main = snapshot(lab)
+    assert {"summary.md", "learning_curves.png", "heatmap_hidden_lr.png"} <= set(main)
+    for args in (["--where", "seed == 0"], ["--by", "hidden"], ["results/multiruns"]):
+        proc = summarize_cli(*args, "--no-plots", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert snapshot(lab) == main  # summary.md and every PNG untouched
+    folders = sorted(p.name for p in (lab / "filtered").iterdir())
+    assert [f.rsplit("-", 1)[0] for f in folders] == [
+        "by-hidden",
+        "results-multiruns",
+        "where-seed-==-0",
+    ]
+    where = next((lab / "filtered").glob("where-*"))
+    assert len(read_csv(where / "summary.csv")) == 8 and "Filter: `seed == 0`" in (
+        (where / "summary.md").read_text()
+    )
 
 
 def test_cli_where_never_runs_code(lab, tmp_path):

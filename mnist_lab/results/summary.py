@@ -242,7 +242,8 @@ def sections(runs: pd.DataFrame, by: list[str] | None, metric: str) -> list[Sect
 
 
 def _number(metric: str):
-    return "{:.2f}".format if is_accuracy(metric) else "{:.4g}".format
+    """Accuracies in percent with two decimals, other numbers as typed (`12730`, `0.0234`)."""
+    return "{:.2f}".format if is_accuracy(metric) else typed
 
 
 def metric_cell(row: pd.Series, metric: str) -> str:
@@ -367,14 +368,15 @@ def select(runs: pd.DataFrame, where: str | None) -> pd.DataFrame:
     """Rows matching a --where filter (mnist_lab.results.where: comparisons only, never code)."""
     if where is None:
         return runs
+    shown = where if len(where) <= 80 else f"{where[:60]}..."  # one line, however long the input
     try:
         mask = compile_where(where, lambda name: resolve_column(runs, name, "column"))(runs)
     except (FilterError, SummaryError) as e:
-        raise SummaryError(f"--where {where!r}: {e}") from None
+        raise SummaryError(f"--where {shown!r}: {e}") from None
     chosen = runs[mask].reset_index(drop=True)
     if chosen.empty and len(runs):
         raise SummaryError(
-            f"--where {where!r}: matches none of the {len(runs)} runs; nothing written"
+            f"--where {shown!r}: matches none of the {len(runs)} runs; nothing written"
         )
     return chosen
 
