@@ -178,7 +178,7 @@ def build_runs(records: list[dict], epochs: pd.DataFrame, k: int, target: float)
     order."""
     flat = pd.json_normalize(records) if records else pd.DataFrame(columns=["run_dir"])
     configs = [flat_config(r) for r in records]
-    shorts = {k.name: [k.value(c) for c in configs] for k in vocabulary.KNOBS}
+    shorts = {knob.name: [knob.value(c) for c in configs] for knob in vocabulary.KNOBS}
     groups = sorted({g for r in records for g in (r.get("choices") or {})} - set(shorts))
     shorts |= {g: [(r.get("choices") or {}).get(g) for r in records] for g in groups}
     shorts |= {
@@ -189,8 +189,9 @@ def build_runs(records: list[dict], epochs: pd.DataFrame, k: int, target: float)
     flat = flat.assign(
         **{c: pd.Series(v, index=flat.index, dtype=object) for c, v in shorts.items()}
     )
-    flat["status"] = flat.get("status", pd.Series(None, index=flat.index)).fillna("unknown")
-    flat["section"] = flat.get("section", pd.Series(None, index=flat.index)).fillna("single runs")
+    for column, missing in (("status", "unknown"), ("section", "single runs")):
+        values = flat.get(column, pd.Series(None, index=flat.index))
+        flat[column] = values.astype(object).fillna(missing)
     flat = flat.join(epoch_stats(epochs, k, target), on="run_dir")
     for column in flat.columns:
         if pd.api.types.is_object_dtype(flat[column]):

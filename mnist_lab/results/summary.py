@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mnist_lab.config.vocabulary import SEED
 from mnist_lab.errors import OutputError
 from mnist_lab.records.files import atomic_write_bytes
 from mnist_lab.results import recipes, stats
@@ -201,7 +202,7 @@ def section_grid(
             {
                 "_row": done["_row"],
                 "_recipe": done["_recipe"],
-                "_seed": done["seed"].map(recipes.value_key) if "seed" in done else "",
+                "_seed": done[SEED.name].map(recipes.value_key) if SEED.name in done else "",
                 **{m: metric_values(done, m) for m in metrics},
                 "runs": 1,
             },
