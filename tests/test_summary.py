@@ -708,6 +708,36 @@ def test_plots_are_valid_pngs(lab, tmp_path):
         assert_png(tmp_path / "out" / name)
 
 
+def test_figures_follow_the_sections_and_label_values_as_typed(tmp_path, caplog):
+    """A sweep on a subset beside one on all images: legends read as typed (3000, null: never
+    3e+03 or a dash for another section's value); an Optuna study gets a scatter of its trials,
+    not a sparse heatmap; every figure marks the validation pick."""
+    from mnist_lab.results.plots import Colours
+
+    results = tmp_path / "results"
+    sweep = results / "multiruns" / "subset"
+    write_run(sweep / "0", [0.90], sweep_dir=sweep, num=0, config={"data.train_subset": 3000})
+    write_run(sweep / "1", [0.95], sweep_dir=sweep, num=1)
+    study = results / "multiruns" / "study"
+    for number, (hidden, lr, acc) in enumerate([(16, 0.1, 0.9), (64, 0.02, 0.93), (32, 0.5, 0.7)]):
+        trial = {"study_name": "st", "number": number}
+        write_run(study / str(number), [acc], hidden=hidden, lr=lr, sweep_dir=study, trial=trial)
+    with caplog.at_level(logging.INFO, logger="mnist_lab.results.plots"):
+        result = run([results], tmp_path / "out", plots=True)
+    studied, subset = result.sections
+    labels = [h.get_label() for h in Colours(subset).handles(subset.labels.index)]
+    assert labels == ["★ data.train_subset=null (1)", "data.train_subset=3000 (1)"]
+    assert [h.get_label() for h in Colours(studied).handles(studied.labels.index)][0] == (
+        "★ hidden=64 lr=0.02 (1)"
+    )
+    for name in ("learning_curves.png", "accuracy_vs_time.png", "trials.png"):
+        assert_png(tmp_path / "out" / name)
+    assert not (tmp_path / "out" / "heatmap_hidden_lr.png").exists()  # neither section has a grid
+    assert (
+        "heatmap of sweep multiruns/subset skipped: hidden and lr do not both vary" in caplog.text
+    )
+
+
 def test_single_run_and_no_completed_run(lab, tmp_path, caplog):
     single = tmp_path / "single"
     with caplog.at_level(logging.INFO, logger="mnist_lab.results.plots"):

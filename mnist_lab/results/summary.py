@@ -109,9 +109,12 @@ def _joined(frame: pd.DataFrame) -> pd.Series:
 
 
 def label(values: dict) -> str:
-    """A row as typed: `hidden=128 optimizer=adam` (keys without a value left out)."""
+    """A row as typed: `hidden=128 optimizer=adam`; keys without a value are left out, unless
+    none has one (`data.train_subset=null`)."""
+    if not values:
+        return "every run: same recipe"
     parts = [f"{short(k)}={typed(v)}" for k, v in values.items() if typed(v) != ""]
-    return " ".join(parts) or "every run: same recipe"
+    return " ".join(parts or [f"{short(k)}=null" for k in values])
 
 
 def _order(grid: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
