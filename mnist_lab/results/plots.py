@@ -57,7 +57,7 @@ class Colours:
 
     def __init__(self, section):
         grid = section.grid
-        column = f"{metric_label(section.metrics[0])} mean" if section.metrics else None
+        column = f"{metric_label(section.selection[0])} mean" if section.selection else None
         merit = grid[column] if column in grid else pd.Series(np.nan, index=grid.index)
         up = section.objective.maximise()[0]
         order = grid.assign(_merit=merit).sort_values(
@@ -370,7 +370,7 @@ def trials(sections: list) -> bytes | None:
     differs between trials: where the sampler looked and what it found (the pick a star)."""
     drawn = []
     for section in sections:
-        if not section.name.startswith("study ") or not section.metrics or not section.keys:
+        if not section.name.startswith("study ") or not section.selection or not section.keys:
             continue
         drawn += [(section, key) for key in section.keys[:MAX_PARAMETERS]]
     if not drawn:
@@ -395,7 +395,7 @@ def trials(sections: list) -> bytes | None:
         for i, (section, key) in enumerate(keys):
             ax = fig.add_subplot(grid[row + i // cols, i % cols])
             done = section.runs[section.runs["status"] == "completed"]
-            metric = section.metrics[0]
+            metric = section.selection[0]
             y = metric_values(done, metric).to_numpy()
             picked = done["run_dir"].map(section.labels).isin(section.best_labels()).to_numpy()
             numbers = pd.to_numeric(done[key], errors="coerce")

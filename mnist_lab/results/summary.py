@@ -69,7 +69,8 @@ class Section:
     same: dict  # what every completed run shares and the default config does not
     objective: Objective
     objectives_differ: bool  # its runs were selected on different objectives (★: the default)
-    metrics: list[str]  # the objective's columns, then the reported metric
+    metrics: list[str]  # the objective's columns, then the reported metric (those measured)
+    selection: list[str]  # the objective's columns that were measured: what picks the best
     labels: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # run_dir -> row
 
     @property
@@ -156,7 +157,7 @@ def _row(units: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], keys: list
         }
     row |= {"n": len(units) if pooled == 1 else math.nan, "recipes": pooled}
     row["duplicates"] = int(units["runs"].sum() - len(units))
-    row["_values"] = list(units[metrics[0]]) if pooled == 1 and metrics else []
+    row["_values"] = list(units[metrics[0]]) if pooled == 1 and metrics else []  # the objective
     return row
 
 
@@ -196,7 +197,7 @@ def section_grid(
     found = recipes.section_keys(done) if len(done) else recipes.Keys([], {})
     keys = found.columns if by is None else by
     mixed = [c for c in found.columns if c not in keys] if by is not None else []
-    selection = objective.columns(runs)
+    selection = [m for m in objective.columns(runs) if m in runs]
     metrics = [m for m in dict.fromkeys([*selection, metric]) if m in runs]
     present = [c for c in recipes.identity(done) if c in done]
     done = done.assign(_row=_joined(done[keys]), _recipe=_joined(done[present]))
@@ -221,7 +222,7 @@ def section_grid(
         for row_key, part in units.groupby("_row", sort=False)
     ]
     grid = _order(pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*shown, "_values"]), keys)
-    grid = mark_best(grid, objective, [m for m in selection if m in metrics])
+    grid = mark_best(grid, objective, selection)
     grid["label"] = [label({k: r[k] for k in keys}) for _, r in grid.iterrows()]
     labels = pd.Series(
         [label(dict(zip(keys, values, strict=True))) for values in done[keys].values],
@@ -229,7 +230,9 @@ def section_grid(
         dtype=object,
     )
     grid.insert(0, "section", name)
-    return Section(name, runs, grid, keys, mixed, found.same, objective, differ, metrics, labels)
+    return Section(
+        name, runs, grid, keys, mixed, found.same, objective, differ, metrics, selection, labels
+    )
 
 
 def sections(runs: pd.DataFrame, by: list[str] | None, metric: str) -> list[Section]:
@@ -291,7 +294,9 @@ def top_rows(section: Section, n: int) -> tuple[pd.DataFrame | None, str]:
     if not len(section.grid):
         return None, ""
     table = grid_table(section)
-    first = section.grid[f"{metric_label(section.metrics[0])} mean"]
+    if not section.selection:  # nothing to rank on: never on the reported metric
+        return table.head(n), f"none (no {section.objective.metrics[0]} measured)"
+    first = section.grid[f"{metric_label(section.selection[0])} mean"]
     maximise = section.objective.maximise()[0]
     order = pd.DataFrame({"front": section.grid["best"] != PARETO_MARK, "value": first})
     order = order.sort_values(
