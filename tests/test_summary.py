@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -945,14 +946,18 @@ def test_cli_skips_a_malformed_record_with_one_line_and_never_loads_torch(lab, t
     assert_png(lab / "learning_curves.png")
 
 
-def test_a_narrower_summary_goes_to_its_own_folder_and_leaves_the_main_report(lab, tmp_path):
-    assert summarize_cli(cwd=tmp_path).returncode == 0
-    main = snapshot(lab)
-    assert {"summary.md", "learning_curves.png", "heatmap_hidden_lr.png"} <= set(main)
+def test_a_narrower_summary_goes_to_its_own_folder_and_leaves_the_main_report(
+    lab, tmp_path, monkeypatch
+):
+    """The README's examples in order (in-process: experiments/summarize.py's own `main`)."""
+    main = runpy.run_path(str(SUMMARIZE_PY))["main"]
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    report = snapshot(lab)
+    assert {"summary.md", "learning_curves.png", "heatmap_hidden_lr.png"} <= set(report)
     for args in (["--where", "seed == 0"], ["--by", "hidden"], ["results/multiruns"]):
-        proc = summarize_cli(*args, "--no-plots", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-    assert snapshot(lab) == main  # summary.md and every PNG untouched
+        assert main([*args, "--no-plots"]) == 0
+    assert snapshot(lab) == report  # summary.md and every PNG untouched
     folders = sorted(p.name for p in (lab / "filtered").iterdir())
     assert [f.rsplit("-", 1)[0] for f in folders] == [
         "by-hidden",

@@ -134,13 +134,15 @@ def _order(grid: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     )
 
 
+def _shared(values: pd.Series):
+    """The value all of them have, else missing."""
+    return values.iloc[0] if values.map(recipes.value_key).nunique() == 1 else math.nan
+
+
 def _row(units: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], keys: list[str]) -> dict:
-    """One grid row from its (recipe, seed) units and its runs: the keys' values (and any other
-    column that is the same for all its runs), the statistics of each metric."""
-    row = {
-        c: runs[c].iloc[0] if runs[c].map(recipes.value_key).nunique() == 1 else math.nan
-        for c in keys
-    }
+    """One grid row from its (recipe, seed) units and its runs: the keys' values, the statistics
+    of each metric."""
+    row = {"_row": units["_row"].iloc[0], **{c: runs[c].iloc[0] for c in keys}}
     pooled = units["_recipe"].nunique()
     for m in metrics:
         name = metric_label(m)
@@ -186,12 +188,8 @@ def mark_best(grid: pd.DataFrame, objective: Objective, columns: list[str]) -> p
     return grid
 
 
-def section_grid(
-    name: str, runs: pd.DataFrame, by: list[str] | None, metric: str, columns: list[str]
-) -> Section:
-    """Completed runs of one section grouped into rows; the best row marked on the objective.
-
-    `columns`: key columns of other sections, filled in for grid.csv with each row's value."""
+def section_grid(name: str, runs: pd.DataFrame, by: list[str] | None, metric: str) -> Section:
+    """Completed runs of one section grouped into rows; the best row marked on the objective."""
     done = runs[runs["status"] == "completed"]
     objective, differ = section_objective(done)
     found = recipes.section_keys(done) if len(done) else recipes.Keys([], {})
@@ -216,12 +214,12 @@ def section_grid(
         .agg(**{m: (m, "mean") for m in metrics}, runs=("runs", "sum"))
         .reset_index()
     )
-    shown = [*keys, *(c for c in columns if c not in keys)]
     rows = [
-        _row(part, done[done["_row"] == row_key], metrics, shown)
+        _row(part, done[done["_row"] == row_key], metrics, keys)
         for row_key, part in units.groupby("_row", sort=False)
     ]
-    grid = _order(pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*shown, "_values"]), keys)
+    empty = pd.DataFrame(columns=["_row", *keys, "_values"])
+    grid = _order(pd.DataFrame(rows) if rows else empty, keys)
     grid = mark_best(grid, objective, selection)
     grid["label"] = [label({k: r[k] for k in keys}) for _, r in grid.iterrows()]
     labels = pd.Series(
@@ -238,10 +236,16 @@ def section_grid(
 def sections(runs: pd.DataFrame, by: list[str] | None, metric: str) -> list[Section]:
     """Studies and sweeps in name order, the single runs last."""
     names = sorted(runs["section"].unique(), key=lambda s: (s == "single runs", s))
-    parts = [section_grid(n, runs[runs["section"] == n], by, metric, []) for n in names]
+    parts = [section_grid(n, runs[runs["section"] == n], by, metric) for n in names]
     columns = list(dict.fromkeys(k for part in parts for k in part.keys))
-    if any(part.keys != columns for part in parts):  # grid.csv: every row with every key
-        parts = [section_grid(p.name, p.runs, by, metric, columns) for p in parts]
+    for part in parts:  # grid.csv: every row with every key, where all its runs share a value
+        done = part.runs[part.runs["status"] == "completed"]
+        row = _joined(done[part.keys])
+        for column in (c for c in columns if c not in part.keys):
+            part.grid[column] = part.grid["_row"].map(done.groupby(row)[column].agg(_shared))
+        part.grid = part.grid.reindex(
+            columns=["section", *columns, *(c for c in part.grid if c not in {"section", *columns})]
+        )
     return parts
 
 
@@ -457,7 +461,7 @@ def summarize(
     epochs = epochs[epochs["run_dir"].isin(runs["run_dir"])]
     parts = sections(runs, by, metric)
     grid = pd.concat([s.grid for s in parts], ignore_index=True) if parts else pd.DataFrame()
-    grid = grid.drop(columns=["_values", "label"], errors="ignore")
+    grid = grid.drop(columns=["_row", "_values", "label"], errors="ignore")
     markdown = grid_markdown(runs, parts, metric, k=k, target=target, where=where, refused=refused)
     files: dict[str, bytes | None] = {
         "summary.csv": runs.to_csv(index=False, lineterminator="\n").encode(),
