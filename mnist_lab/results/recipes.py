@@ -85,7 +85,9 @@ def identity(runs: pd.DataFrame) -> list[str]:
 
 def candidates(runs: pd.DataFrame) -> list[str]:
     """Every column a section may be keyed by, in the order they are shown."""
-    return [*knob_columns(), *groups(runs), *config_columns(runs), DATA_ID]
+    return [
+        c for c in (*knob_columns(), *groups(runs), *config_columns(runs), DATA_ID) if c in runs
+    ]
 
 
 def column_of(key: str, runs: pd.DataFrame) -> str:
@@ -116,8 +118,9 @@ class Keys:
 
 
 def _said_by_a_knob(column: str, values: pd.Series) -> bool:
-    knob = vocabulary.knob_feeding(short(column)) if column.startswith("config.") else None
-    return knob is not None and all(knob.covers(short(column), parsed(v)) for v in values)
+    if not column.startswith("config.") or (knob := vocabulary.knob_feeding(short(column))) is None:
+        return False
+    return all(knob.covers(short(column), parsed(v)) for v in values)
 
 
 def baseline(done: pd.DataFrame, shared_groups: dict) -> dict:
@@ -129,18 +132,24 @@ def baseline(done: pd.DataFrame, shared_groups: dict) -> dict:
     return values | default_choices()
 
 
-def section_keys(done: pd.DataFrame) -> Keys:
+def keyed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns' values in one spelling each (`value_key`), for telling them apart."""
+    return runs[columns].map(value_key) if columns else pd.DataFrame(index=runs.index)
+
+
+def section_keys(done: pd.DataFrame, spelled: pd.DataFrame | None = None) -> Keys:
     """What tells the recipes among `done` (one section's completed runs) apart, and what they
-    share beyond the defaults."""
-    present = [c for c in candidates(done) if c in done]
-    keyed = pd.DataFrame({c: done[c].map(value_key) for c in present}, index=done.index)
-    differ = {c for c in present if keyed[c].nunique() > 1}
+    share beyond the defaults. `spelled`: `keyed(done, candidates(done))`, when already made."""
+    present = candidates(done)
+    spelled = keyed(done, present) if spelled is None else spelled
+    counts = spelled.nunique()
+    differ = {c for c in present if counts[c] > 1}
     searched = study_parameters(done) & set(present)
     chosen = overridden_columns(done) | searched
     hidden = {c for c in present if _said_by_a_knob(c, done[c])}
     for group in differ & set(groups(done)):
         for column in (c for c in differ if c.startswith(f"config.{group}.")):
-            pairs = keyed[[group, column]].drop_duplicates()
+            pairs = spelled[[group, column]].drop_duplicates()
             if pairs[group].is_unique and column not in chosen:
                 hidden.add(column)  # changes only with the group's option
     columns = [c for c in present if (c in differ and c not in hidden) or c in searched]
@@ -155,7 +164,7 @@ def section_keys(done: pd.DataFrame) -> Keys:
         and c not in differ
         and c not in hidden
         and c not in columns
-        and keyed[c].iloc[0] != ""
-        and (c == DATA_ID or keyed[c].iloc[0] != value_key(default.get(c)))
+        and spelled[c].iloc[0] != ""
+        and (c == DATA_ID or spelled[c].iloc[0] != value_key(default.get(c)))
     }
     return Keys(columns, same)

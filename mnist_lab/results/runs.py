@@ -91,7 +91,10 @@ def read_epochs(run_dir: Path) -> pd.DataFrame | None:
     except (OSError, ValueError) as e:  # ValueError covers pandas' parser and empty-data errors
         log.warning("skipping unreadable %s (%s)", path, e)
         return None
-    return epochs.apply(pd.to_numeric, errors="coerce") if len(epochs) else None
+    if not len(epochs):
+        return None
+    text = [c for c in epochs if not pd.api.types.is_numeric_dtype(epochs[c])]
+    return epochs.assign(**{c: pd.to_numeric(epochs[c], errors="coerce") for c in text})
 
 
 def _relative(root: Path, folder: Path) -> str:

@@ -72,6 +72,7 @@ class Section:
     metrics: list[str]  # the objective's columns, then the reported metric (those measured)
     selection: list[str]  # the objective's columns that were measured: what picks the best
     labels: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # run_dir -> row
+    rows: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # run -> row key
 
     @property
     def pareto(self) -> bool:
@@ -102,11 +103,12 @@ def section_objective(done: pd.DataFrame) -> tuple[Objective, bool]:
     return (found.pop(), False) if len(found) == 1 else (DEFAULT_OBJECTIVE, True)
 
 
-def _joined(frame: pd.DataFrame) -> pd.Series:
-    """One text key per row from several columns (missing values included, never dropped)."""
-    if frame.shape[1] == 0 or frame.empty:
-        return pd.Series("", index=frame.index, dtype=object)
-    return frame.map(recipes.value_key).agg("\x1f".join, axis=1)
+def _joined(spelled: pd.DataFrame) -> pd.Series:
+    """One text key per row from columns spelled by `recipes.keyed` (missing values included)."""
+    if spelled.shape[1] == 0 or spelled.empty:
+        return pd.Series("", index=spelled.index, dtype=object)
+    first, rest = spelled.iloc[:, 0].astype(str), spelled.iloc[:, 1:].astype(str)
+    return first.str.cat(rest, sep="\x1f") if rest.shape[1] else first
 
 
 def label(values: dict) -> str:
@@ -132,11 +134,6 @@ def _order(grid: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return grid.sort_values(
         keys, key=sortable, na_position="last", kind="stable", ignore_index=True
     )
-
-
-def _shared(values: pd.Series):
-    """The value all of them have, else missing."""
-    return values.iloc[0] if values.map(recipes.value_key).nunique() == 1 else math.nan
 
 
 def _row(units: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], keys: list[str]) -> dict:
@@ -188,17 +185,23 @@ def mark_best(grid: pd.DataFrame, objective: Objective, columns: list[str]) -> p
     return grid
 
 
-def section_grid(name: str, runs: pd.DataFrame, by: list[str] | None, metric: str) -> Section:
-    """Completed runs of one section grouped into rows; the best row marked on the objective."""
+def section_grid(
+    name: str, runs: pd.DataFrame, by: list[str] | None, metric: str, spelled: pd.DataFrame
+) -> Section:
+    """Completed runs of one section grouped into rows; the best row marked on the objective.
+    `spelled`: the runs' candidate and recipe columns spelled by `recipes.keyed`."""
     done = runs[runs["status"] == "completed"]
+    spelled = spelled.loc[done.index]
     objective, differ = section_objective(done)
-    found = recipes.section_keys(done) if len(done) else recipes.Keys([], {})
+    candidates = spelled[recipes.candidates(done)]
+    found = recipes.section_keys(done, candidates) if len(done) else recipes.Keys([], {})
     keys = found.columns if by is None else by
     mixed = [c for c in found.columns if c not in keys] if by is not None else []
     selection = [m for m in objective.columns(runs) if m in runs]
     metrics = [m for m in dict.fromkeys([*selection, metric]) if m in runs]
     present = [c for c in recipes.identity(done) if c in done]
-    done = done.assign(_row=_joined(done[keys]), _recipe=_joined(done[present]))
+    by_keys = spelled[keys] if set(keys) <= set(spelled) else recipes.keyed(done, keys)
+    done = done.assign(_row=_joined(by_keys), _recipe=_joined(spelled[present]))
     units = (
         pd.DataFrame(
             {
@@ -214,8 +217,9 @@ def section_grid(name: str, runs: pd.DataFrame, by: list[str] | None, metric: st
         .agg(**{m: (m, "mean") for m in metrics}, runs=("runs", "sum"))
         .reset_index()
     )
+    firsts = done.drop_duplicates("_row").set_index("_row")[keys]  # keys are the same in a row
     rows = [
-        _row(part, done[done["_row"] == row_key], metrics, keys)
+        _row(part, firsts.loc[[row_key]], metrics, keys)
         for row_key, part in units.groupby("_row", sort=False)
     ]
     empty = pd.DataFrame(columns=["_row", *keys, "_values"])
@@ -229,20 +233,35 @@ def section_grid(name: str, runs: pd.DataFrame, by: list[str] | None, metric: st
     )
     grid.insert(0, "section", name)
     return Section(
-        name, runs, grid, keys, mixed, found.same, objective, differ, metrics, selection, labels
+        name,
+        runs,
+        grid,
+        keys,
+        mixed,
+        found.same,
+        objective,
+        differ,
+        metrics,
+        selection,
+        labels,
+        done["_row"],
     )
 
 
 def sections(runs: pd.DataFrame, by: list[str] | None, metric: str) -> list[Section]:
     """Studies and sweeps in name order, the single runs last."""
     names = sorted(runs["section"].unique(), key=lambda s: (s == "single runs", s))
-    parts = [section_grid(n, runs[runs["section"] == n], by, metric) for n in names]
+    columns = list(dict.fromkeys([*recipes.candidates(runs), *recipes.identity(runs), *(by or [])]))
+    spelled = recipes.keyed(runs, [c for c in columns if c in runs])
+    parts = [section_grid(n, runs[runs["section"] == n], by, metric, spelled) for n in names]
     columns = list(dict.fromkeys(k for part in parts for k in part.keys))
     for part in parts:  # grid.csv: every row with every key, where all its runs share a value
         done = part.runs[part.runs["status"] == "completed"]
-        row = _joined(done[part.keys])
+        row = part.rows
         for column in (c for c in columns if c not in part.keys):
-            part.grid[column] = part.grid["_row"].map(done.groupby(row)[column].agg(_shared))
+            shared = spelled.loc[done.index, column].groupby(row).nunique() == 1
+            value = done[column].groupby(row).first().where(shared)
+            part.grid[column] = part.grid["_row"].map(value)
         part.grid = part.grid.reindex(
             columns=["section", *columns, *(c for c in part.grid if c not in {"section", *columns})]
         )
