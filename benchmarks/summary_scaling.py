@@ -7,7 +7,8 @@ N copies of real records (result.json and metrics.csv of a first sweep, spread o
 of 10 runs; weights are not copied: no summary reads them), and measures from the last epoch line
 the last job logs to the moment the process has exited. Each N is run `--repeats` times, the
 fastest kept. For reference it also times what the end of a multirun used to do on top: summarise
-all of results/ again (tables and figures), in this process.
+all of results/ again (tables and figures), in this process; and, as the floor, the time after
+the last job with the summary callback switched off (`~hydra.callbacks.summarize`).
 
 Usage: python benchmarks/summary_scaling.py [--counts 10,1000] [--repeats 2]
 """
@@ -34,10 +35,10 @@ JOB = ["epochs=1", "data.train_subset=1000", "trainer.device=cpu", "seed=0,1,2"]
 EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[mnist_lab\.train\.loop\]")
 
 
-def sweep(cwd: Path, sweep_dir: Path) -> float:
+def sweep(cwd: Path, sweep_dir: Path, *extra: str) -> float:
     """Seconds from the last job's last epoch line to the end of the process."""
     cwd.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "experiments/run.py"), "-m", *JOB]
+    cmd = [sys.executable, str(REPO / "experiments/run.py"), "-m", *JOB, *extra]
     proc = subprocess.run(
         [*cmd, f"hydra.sweep.dir={sweep_dir}"], cwd=cwd, capture_output=True, text=True
     )
@@ -87,6 +88,12 @@ def main() -> None:
             summarize([cwd / "results"], Path(tmp, f"all{count}"), **options)
             everything = time.perf_counter() - start
             rows.append((count, after, everything))
+        cwd = Path(tmp, "off")
+        history(cwd / "results", templates, counts[0])
+        off = min(
+            sweep(cwd, cwd / "results" / "multiruns" / f"new_{r}", "~hydra.callbacks.summarize")
+            for r in range(args.repeats)
+        )
     base = rows[0][1]
     print(device_line())
     print(f"\n3-job sweep, best of {args.repeats}; records copied from a real sweep\n")
@@ -97,6 +104,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for count, after, everything in rows:
         print(f"| {count:,} | {after:.2f} | {after / base:.2f}x | {everything:.2f} |")
+    print(f"| {counts[0]:,}, summary callback off | {off:.2f} | {off / base:.2f}x | |")
     ratio = rows[-1][1] / base
     print(
         f"\n{rows[-1][0]:,} vs {rows[0][0]:,} earlier records: {ratio:.2f}x (target: within 1.5x)"
