@@ -13,9 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LOWER_IS_BETTER = ("loss", "seconds", "epochs_to_target", "param_count")
-
-
 def is_accuracy(metric: str) -> bool:
     return metric.endswith("acc")
 
@@ -28,10 +25,6 @@ def metric_label(metric: str) -> str:
 def metric_values(runs: pd.DataFrame, metric: str) -> pd.Series:
     values = pd.to_numeric(runs[metric], errors="coerce").astype(float)
     return values * 100 if is_accuracy(metric) else values
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
 
 
 def short(column: str) -> str:
