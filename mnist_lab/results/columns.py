@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+
 def is_accuracy(metric: str) -> bool:
     return metric.endswith("acc")
 
