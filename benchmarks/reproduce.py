@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from _cli import REPO, run_cli  # noqa: E402
 
-from mnist_lab.results import summary
+from mnist_lab.results import runs as summary_runs
 
 PRESETS = {
     "tutorial_relu128_sgd": "000_1fcf68b5044499e5.txt",
@@ -38,7 +38,7 @@ TOLERANCE = 0.6  # accuracy points
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
     """One row per (run, epoch): the metrics.csv rows with the run's config and timing."""
-    records, epochs = summary.load([sweep_dir])
+    records, epochs = summary_runs.load([sweep_dir])
     facts = []
     for rec in records:
         cfg, preset = rec["config"], rec["config"].get("preset") or {}

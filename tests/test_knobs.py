@@ -8,8 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mnist_lab.config.knobs import KNOBS, check_knobs, unused_knobs
+from mnist_lab.config.knobs import check_knobs, unused_knobs
 from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.vocabulary import BY_NAME
 from mnist_lab.errors import ConfigError
 from mnist_lab.job.task import build_trainer
 
@@ -71,6 +72,7 @@ def test_hidden_sets_the_first_layer_of_the_multi_layer_presets():
         (["data.batch_size=64", "batch_size=128"], "batch_size", "data.batch_size"),
         (["trainer.epochs=2", "epochs=5"], "epochs", "trainer.epochs"),
         (["trainer.seed=1", "++seed=5"], "seed", "trainer.seed"),
+        (["model=resmlp", "model.width=64", "hidden=512"], "hidden", "model.width"),
     ],
 )
 def test_a_knob_nothing_reads_is_refused(overrides, knob, instead):
@@ -83,7 +85,7 @@ def test_a_knob_nothing_reads_is_refused(overrides, knob, instead):
 
 
 def test_knobs_cover_the_schema():
-    assert set(KNOBS) == set(NEW_VALUES)
+    assert set(BY_NAME) == set(NEW_VALUES)
 
 
 def test_dead_knob_on_the_command_line_is_one_line_exit_2(run_cli):

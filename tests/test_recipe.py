@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.mnist_lab_optuna_sweeper._errors import SweeperError
 from hydra_plugins.mnist_lab_optuna_sweeper._study_setup import keep_recipe
-from mnist_lab.config.recipe import is_recipe_key, recipe_of
+from mnist_lab.config.recipe import default_recipe, is_recipe_key, recipe_of
 
 
 def config(**changes):
@@ -97,3 +97,16 @@ def test_a_study_from_a_version_that_stored_no_recipe_is_warned_about(caplog):
         keep_recipe(s, config(), {"lr"})
     assert "stored no recipe" in caplog.text
     assert "recipe" not in s.user_attrs  # what its trials trained stays unknown, not assumed
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [{}, {"model": "resmlp", "optimizer": "adam", "scheduler": "cosine"}, {"model": "scratch"}],
+)
+def test_the_default_recipe_read_from_the_yaml_files_is_what_hydra_composes(compose, choices):
+    composed = recipe_of(compose([f"{g}={o}" for g, o in choices.items()]), resolve=True)
+    read = default_recipe(choices)
+    assert {k: v for k, v in composed.items() if k in read} == read
+    assert {k: v for k, v in composed.items() if k not in read} == {
+        k: None for k in composed.keys() - read.keys()
+    }  # only what a schema adds with a null default is left out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -80,3 +82,28 @@ def test_unknown_column_and_bad_types_are_errors():
         matches("nope == 1")
     with pytest.raises(FilterError, match="cannot compare"):
         matches("status > 3")
+
+
+@pytest.mark.parametrize(
+    ("expr", "says"),
+    [
+        ("", "empty expression"),
+        ("   ", "empty expression"),
+        ("not " * 1_500 + "status == 'completed'", "nested 1500 deep: at most 50"),
+        ("not " * 25_000 + "status == 'completed'", "longer than 10,000 characters (100,021)"),
+        ("(" * 60 + "hidden == 1" + ")" * 60, "nested 60 deep"),
+        ("-" * 900 + "1 < hidden", "nested 900 deep"),
+    ],
+)
+def test_empty_and_oversized_expressions_are_refused_before_parsing(expr, says):
+    with pytest.raises(FilterError, match=re.escape(says)) as info:
+        compile_where(expr, resolve)
+    assert "\n" not in str(info.value)
+
+
+def test_the_size_limits_leave_room_for_real_filters():
+    deep = "not (" * 20 + "hidden == 128" + ")" * 20  # 20 `not` in 20 brackets: 40 deep
+    assert matches(deep) == [0, 2]
+    many = " or ".join(f"hidden == {n}" for n in range(550))  # long but flat: 9,200 characters
+    assert matches(many) == [0, 1, 2]
+    assert matches("status not in ['failed'] and not reason == None") == [3]

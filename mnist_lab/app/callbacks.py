@@ -1,10 +1,12 @@
-"""Hydra callback: after every multirun, summarise the sweep, print its grid, refresh results/.
+"""Hydra callback: after every multirun, summarise the sweep's own jobs and print its grid.
 
-Hydra builds it from `hydra.callbacks.summarize` in conf/config.yaml. That node is the one source
-of truth for the summary's settings: the callback receives them as arguments, and
-experiments/summarize.py reads the same node (`configured_settings`) for its option defaults. A
-summary is a convenience, so any error here is logged in one line and swallowed: it never turns a
-finished sweep into a failure.
+Only the sweep's folder is read, so the time a sweep spends after its last job grows with its own
+jobs, never with what results/ holds; the summary of all of results/ is made on demand by
+experiments/summarize.py (the report says so). Hydra builds the callback from
+`hydra.callbacks.summarize` in conf/config.yaml. That node is the one source of truth for the
+summary's settings: the callback receives them as arguments, and experiments/summarize.py reads
+the same node (`configured_settings`) for its option defaults. A summary is a convenience, so any
+error here is logged in one line and swallowed: it never turns a finished sweep into a failure.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def names(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 class SummarizeCallback(Callback):
-    """Writes summary.csv, grid.csv, summary.md and the PNGs into the sweep dir and results root."""
+    """Writes summary.csv, grid.csv, summary.md and the PNGs of the sweep into its folder."""
 
     def __init__(
         self,
@@ -66,13 +68,8 @@ class SummarizeCallback(Callback):
             log.error("summary skipped: no sweep directory (%s)", e)
             return
         result = self._summarize(sweep_dir)
-        root = self.results_root
-        if not root.is_dir():
-            log.info("results root %s does not exist here: only the sweep was summarised", root)
-        elif root.resolve() != sweep_dir.resolve():
-            self._summarize(root)
         if result is not None:
-            print(terminal_report(result, sweep_dir, root), flush=True)
+            print(terminal_report(result, sweep_dir, self.results_root), flush=True)
 
     def _summarize(self, folder: Path):
         try:
@@ -86,12 +83,13 @@ class SummarizeCallback(Callback):
 
 
 def terminal_report(result, sweep_dir: Path, root: Path) -> str:
-    """The sweep's grid (best rows on validation first), its best row, and where the files are."""
+    """The sweep's grid (best rows on its objective first), its best rows, and where the files
+    are."""
     from mnist_lab.results.summary import top_rows
 
     lines = [""]
     for section in result.sections:
-        table, best = top_rows(section, result.metric, TOP_ROWS)
+        table, best = top_rows(section, TOP_ROWS)
         if table is None:
             lines += [f"{section.name}: no completed runs", ""]
             continue
@@ -100,15 +98,16 @@ def terminal_report(result, sweep_dir: Path, root: Path) -> str:
             if len(table) < len(section.grid)
             else f"{len(table)} rows"
         )
+        objective = section.objective.metrics[0]
         lines += [
-            f"{section.name} ({shown}, best on validation first):",
+            f"{section.name} ({shown}, best on {objective} first):",
             table.to_markdown(index=False, disable_numparse=True),
             "",
         ]
-        lines.append(f"best on validation: {best}")
+        pick = "Pareto-optimal on" if section.pareto else "best on"
+        lines.append(f"{pick} {', '.join(section.objective.metrics)}: {best}")
     lines.append(f"files: {sweep_dir / 'summary.md'} (and summary.csv, grid.csv, PNGs beside it)")
-    if root.is_dir() and root.resolve() != sweep_dir.resolve():
-        lines.append(f"all of {root}: {root / 'summary.md'}")
+    lines.append(f"all runs under {root}/: python experiments/summarize.py")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The short knobs (`hidden`, `lr`, `batch_size`, `epochs`, `seed`) take effect or are refused.
+"""The short knobs (`mnist_lab.config.vocabulary`) take effect or are refused.
 
 A knob is a top-level value the config groups read through interpolation (`lr: ${lr}` in every
 optimizer file). Once the key that reads it is set directly (`model.hidden_sizes=[64,64]`, or
@@ -13,16 +13,8 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.config.vocabulary import BY_NAME
 from mnist_lab.errors import ConfigError
-
-# Each knob and the key that normally reads it (what to set instead when it is not read).
-KNOBS = {
-    "hidden": "model.hidden_sizes",
-    "lr": "optimizer.lr",
-    "batch_size": "data.batch_size",
-    "epochs": "trainer.epochs",
-    "seed": "trainer.seed",
-}
 
 
 def _strings(node):
@@ -39,9 +31,10 @@ def _strings(node):
 
 def unused_knobs(cfg: DictConfig) -> list[str]:
     """The knobs no value of the config's groups interpolates."""
-    groups = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in KNOBS}
+    container = OmegaConf.to_container(cfg, resolve=False)
+    groups = {k: v for k, v in container.items() if k not in BY_NAME}
     text = "\n".join(s for s in _strings(groups) if "${" in s)
-    return [k for k in KNOBS if not re.search(r"\$\{\s*" + re.escape(k) + r"\s*\}", text)]
+    return [k for k in BY_NAME if not re.search(r"\$\{\s*" + re.escape(k) + r"\s*\}", text)]
 
 
 def overridden(overrides: list[str]) -> set[str]:
@@ -53,7 +46,8 @@ def check_knobs(cfg: DictConfig, overrides: list[str]) -> None:
     """Refuse a knob given in `overrides` that nothing reads."""
     for knob in unused_knobs(cfg):
         if knob in overridden(overrides):
-            target = KNOBS[knob]
+            feeds = BY_NAME[knob].feeds
+            target = next((k for k in feeds if OmegaConf.select(cfg, k) is not None), feeds[0])
             value = OmegaConf.select(cfg, target, throw_on_missing=False)
             if OmegaConf.is_config(value):
                 value = OmegaConf.to_container(value, resolve=True)

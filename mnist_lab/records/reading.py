@@ -83,6 +83,8 @@ def live_status(record: dict) -> dict:
     return {**record, "status": "killed", "reason": why}
 
 
+# --- older records, read in today's form -------------------------------------------------------
+
 # Model classes that moved when mnist_lab was split into rooms: a record written before names the
 # old path in `config.model._target_`; it is read as the new one, so old runs still load.
 MOVED_TARGETS = {
@@ -94,24 +96,129 @@ MOVED_TARGETS = {
 
 def moved_targets(record: dict) -> dict:
     """The record with a model `_target_` of an earlier layout read as today's path."""
-    model = (
-        (record.get("config") or {}).get("model")
-        if isinstance(record.get("config"), dict)
-        else None
-    )
+    model = record["config"].get("model")
     if isinstance(model, dict) and model.get("_target_") in MOVED_TARGETS:
-        config = {
-            **record["config"],
-            "model": {**model, "_target_": MOVED_TARGETS[model["_target_"]]},
-        }
-        return {**record, "config": config}
+        model = {**model, "_target_": MOVED_TARGETS[model["_target_"]]}
+        return {**record, "config": {**record["config"], "model": model}}
     return record
 
 
+def schema_1(record: dict) -> dict:
+    """Schema 1 (before `choices`) named the model in `config.model.name` beside its keys; today
+    the option picked in each group is `choices` (the optimizer's is its class, lower-cased:
+    `torch.optim.SGD` was picked as `optimizer=sgd`)."""
+    if isinstance(record.get("choices"), dict):
+        return record
+    config = record["config"]
+    choices = {}
+    model = config.get("model")
+    if isinstance(model, dict) and "name" in model:
+        choices["model"] = model["name"]
+        config = {**config, "model": {k: v for k, v in model.items() if k != "name"}}
+    target = (config.get("optimizer") or {}).get("_target_")
+    if isinstance(target, str):
+        choices["optimizer"] = target.rsplit(".", 1)[-1].lower()
+    return {**record, "config": config, "choices": choices}
+
+
+def before_deskew(record: dict) -> dict:
+    """`data.deskew` came later: a record from before trained on the digits as they are."""
+    data = record["config"].get("data")
+    if isinstance(data, dict) and "deskew" not in data:
+        return {**record, "config": {**record["config"], "data": {**data, "deskew": False}}}
+    return record
+
+
+def today(record: dict) -> dict:
+    """A record of any earlier version in today's form (docs/ARCHITECTURE.md), so that readers
+    know one form only."""
+    if not isinstance(record.get("config"), dict):
+        return record
+    return before_deskew(schema_1(moved_targets(record)))
+
+
+# --- what a record's fields hold ------------------------------------------------------------------
+
+NUMBER = (int, float)
+# The type of each field a reader relies on (null is always allowed: not known, not measured).
+FIELDS = {
+    "schema_version": int,
+    "status": str,
+    "reason": str,
+    "refused": bool,
+    "run_dir": str,
+    "job": dict,
+    "trial": dict,
+    "overrides": list,
+    "choices": dict,
+    "config": dict,
+    "data": dict,
+    "epochs_run": int,
+    "initial": dict,
+    "final": dict,
+    "best": dict,
+    "stopped_early": dict,
+    "weights": dict,
+    "param_count": int,
+    "wall_seconds": NUMBER,
+    "seconds_per_epoch": NUMBER,
+    "device": str,
+    "writer": dict,
+}
+# Fields inside them, as (field, key): type.
+INSIDE = {
+    ("job", "num"): int,
+    ("job", "sweep_dir"): str,
+    ("trial", "study_name"): str,
+    ("trial", "number"): int,
+    ("data", "id"): str,
+    ("best", "epoch"): int,
+}
+METRIC_FIELDS = ("initial", "final", "best")  # metric name -> number
+KINDS = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _wrong(name: str, value, types) -> str | None:
+    """Why `value` does not fit `types` (a bool is not a number here), or None when it does."""
+    types = types if isinstance(types, tuple) else (types,)
+    if value is None or (
+        isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    ):
+        return None
+    kind = "a number" if types == NUMBER else KINDS[types[0]]
+    return f"{name}: {json.dumps(value)[:40]} is not {kind}"
+
+
+def malformed(record: dict) -> str | None:
+    """What is wrong with a record's fields (`status: 5 is not a string`), or None if nothing."""
+    checks = [(field, record.get(field), types) for field, types in FIELDS.items()]
+    if problem := next((p for check in checks if (p := _wrong(*check))), None):
+        return problem  # the fields below are read only from objects
+    checks = [
+        (f"{field}.{key}", (record.get(field) or {}).get(key), types)
+        for (field, key), types in INSIDE.items()
+    ]
+    checks += [
+        (f"{field}.{key}", value, NUMBER)
+        for field in METRIC_FIELDS
+        for key, value in (record.get(field) or {}).items()
+        if key != "epoch"
+    ]
+    checks += [("overrides", value, str) for value in record.get("overrides") or []]
+    return next((p for check in checks if (p := _wrong(*check))), None)
+
+
 def read_record(path: Path, warn: bool = True) -> dict | None:
-    """A `result.json` (or the run folder holding one) as a dict; None when it is missing,
-    unreadable or half-written (with one warning naming it, unless `warn` is false).
-    A `running` record whose writer is gone reads as `killed` (`live_status`)."""
+    """A `result.json` (or the run folder holding one) as a dict in today's form (`today`); None
+    when it is missing, unreadable, half-written or malformed (a field of the wrong type), with
+    one warning naming it unless `warn` is false. A `running` record whose writer is gone reads
+    as `killed` (`live_status`)."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULT_FILE
@@ -121,11 +228,12 @@ def read_record(path: Path, warn: bool = True) -> dict | None:
         if warn:
             log.warning("skipping unreadable record %s (%s)", path, e)
         return None
-    if not isinstance(data, dict):
+    problem = "not a JSON object" if not isinstance(data, dict) else malformed(data)
+    if problem:
         if warn:
-            log.warning("skipping record %s (not a JSON object)", path)
+            log.warning("skipping malformed record %s (%s)", path, problem)
         return None
-    return live_status(moved_targets(data))
+    return live_status(today(data))
 
 
 def mark_stopped(folder: Path, status: str, reason: str) -> list[Path]:
@@ -143,7 +251,9 @@ def mark_stopped(folder: Path, status: str, reason: str) -> list[Path]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or (data.get("writer") or {}).get("host") != host:
+        if not isinstance(data, dict) or malformed(data):
+            continue
+        if (data.get("writer") or {}).get("host") != host:
             continue
         if live_status(data).get("status") != "killed":
             continue

@@ -1,14 +1,17 @@
-"""What the summary's metric columns mean, shared by the tables (summary.py) and the figures
-(summary_plots.py): accuracies are shown in percent, losses and times are better when lower, and
-the selection metric is final validation accuracy (what the task returns and sweepers maximise;
-test accuracy is reported beside it, never used to choose)."""
+"""What the summary's columns mean, shared by the tables and the figures: how a value is written
+(as a user types it), accuracies in percent, and the objective a section's runs were selected on
+(`config.objective` of their records: the metrics and their directions; records without one were
+selected on final validation accuracy, maximised). Test accuracy is reported, never used to choose.
+"""
 
 from __future__ import annotations
 
-import pandas as pd
+import json
+import math
+from dataclasses import dataclass
 
-SELECT = "final.val/acc"
-LOWER_IS_BETTER = ("loss", "seconds", "epochs_to_target", "param_count")
+import numpy as np
+import pandas as pd
 
 
 def is_accuracy(metric: str) -> bool:
@@ -25,15 +28,68 @@ def metric_values(runs: pd.DataFrame, metric: str) -> pd.Series:
     return values * 100 if is_accuracy(metric) else values
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
 def short(column: str) -> str:
     """A column as a reader types it: `config.model.activation` -> `model.activation`."""
     return column.removeprefix("config.")
 
 
-def tick(value) -> str:
-    """3 significant digits for sampled floats (an Optuna lr), whole numbers as they are."""
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def typed(value) -> str:
+    """A value as a user types it on the command line: `3000` (not `3e+03` or `3000.0`),
+    `false`, `[64,64]`, a sampled `0.01208`; "" when missing."""
+    if missing(value):
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return json.dumps(json.loads(value), separators=(",", ":"))
+        except ValueError:
+            return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a section's best row is chosen on: `metrics` (a record's `final.<metric>`, or a
+    top-level key such as `param_count`), each maximised or minimised."""
+
+    metrics: tuple[str, ...] = ("val/acc",)
+    directions: tuple[str, ...] = ("maximize",)
+
+    def columns(self, runs: pd.DataFrame) -> list[str]:
+        return [f"final.{m}" if f"final.{m}" in runs else m for m in self.metrics]
+
+    def maximise(self) -> list[bool]:
+        return [d.startswith("max") for d in self.directions]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{m} ({d})" for m, d in zip(self.metrics, self.directions, strict=True))
+
+
+DEFAULT_OBJECTIVE = Objective()
+
+
+def _listed(value) -> tuple[str, ...] | None:
+    """A record's list (JSON text in the table), as a tuple of strings."""
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return tuple(map(str, items)) if isinstance(items, list) and items else None
+
+
+def objectives(runs: pd.DataFrame) -> pd.Series:
+    """Each run's objective, from its `config.objective` (the default where it has none)."""
+    metrics = runs.get("config.objective.metrics", pd.Series(None, index=runs.index, dtype=object))
+    directions = runs.get("config.objective.directions", pd.Series(None, index=runs.index))
+    found = [
+        Objective(m, d) if m and d and len(m) == len(d) else DEFAULT_OBJECTIVE
+        for m, d in zip(metrics.map(_listed), directions.map(_listed), strict=True)
+    ]
+    return pd.Series(found, index=runs.index, dtype=object)

@@ -7,13 +7,20 @@ names and literals (strings, numbers, True/False/None, and lists or tuples of th
 Names with `.` or `/` go in backticks, as in pandas: `` `final.test/acc` > 0.97 ``. Anything else
 (calls, attributes, subscripts, `@name`, lambdas, arithmetic) is refused with one line. The
 accepted tree is evaluated with vectorised pandas comparisons on the columns.
+
+Size is bounded before anything is parsed: an empty expression, one longer than MAX_LENGTH
+characters or nested deeper than MAX_DEPTH (brackets and unary operators such as `not`, counted
+as they open) is refused, since Python's parser and any recursive walk of its tree run out of
+stack or memory on pathological nesting (1,500 nested `not`: RecursionError; 25,000: MemoryError).
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import operator
 import re
+import tokenize
 from collections.abc import Callable
 
 import pandas as pd
@@ -29,6 +36,9 @@ COMPARE = {
     ast.GtE: operator.ge,
 }
 BACKTICKED = re.compile(r"`([^`]*)`")
+MAX_LENGTH = 10_000  # characters
+MAX_DEPTH = 50  # brackets and unary operators open at once
+OPEN, CLOSE, UNARY = "([{", ")]}", ("not", "-", "+", "~")
 
 
 class FilterError(LabError):
@@ -127,6 +137,57 @@ def _as_mask(values, runs: pd.DataFrame) -> pd.Series:
     return values if isinstance(values, pd.Series) else pd.Series(values, index=runs.index)
 
 
+def nesting(expr: str) -> int:
+    """The deepest nesting of brackets and unary operators, from the tokens (no parse tree).
+
+    A unary operator stays open until the operand it applies to, or until `and`/`or` end it at its
+    bracket's level; `not in` and `is not` are comparisons, not unary operators."""
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(expr).readline) if t.string]
+    levels, deepest = [0], 0  # per open bracket: the unary operators open inside it
+    for i, token in enumerate(tokens):
+        text = token.string
+        unary = text in UNARY and not (
+            text == "not"
+            and (
+                (i + 1 < len(tokens) and tokens[i + 1].string == "in")
+                or (i and tokens[i - 1].string == "is")
+            )
+        )
+        if unary or text in OPEN:
+            levels[-1] += unary
+            if text in OPEN:
+                levels.append(0)
+            deepest = max(deepest, len(levels) - 1 + sum(levels))
+        elif text in CLOSE:
+            if len(levels) > 1:
+                levels.pop()
+            levels[-1] = 0  # the bracket was the operand of any unary operator before it
+        elif text in ("and", "or") or token.type in (
+            tokenize.NAME,
+            tokenize.NUMBER,
+            tokenize.STRING,
+        ):
+            levels[-1] = 0
+    return deepest
+
+
+def check_size(expr: str) -> None:
+    """Refuse an empty, too long or too deeply nested expression before it is parsed."""
+    if not expr.strip():
+        raise FilterError("empty expression (leave --where out to keep every run)")
+    if len(expr) > MAX_LENGTH:
+        raise FilterError(f"longer than {MAX_LENGTH:,} characters ({len(expr):,})")
+    try:
+        depth = nesting(BACKTICKED.sub("name", expr))
+    except (tokenize.TokenError, SyntaxError) as e:
+        raise FilterError(f"not an expression ({e.args[0]})") from None
+    if depth > MAX_DEPTH:
+        raise FilterError(
+            f"nested {depth} deep: at most {MAX_DEPTH} brackets and unary operators "
+            "(`not`, `-`) may be open at once"
+        )
+
+
 def compile_where(expr: str, resolve: Callable[[str], str]) -> Callable[[pd.DataFrame], pd.Series]:
     """A function from the runs table to a boolean mask; FilterError for anything not accepted.
 
@@ -140,6 +201,7 @@ def compile_where(expr: str, resolve: Callable[[str], str]) -> Callable[[pd.Data
         names[key] = match.group(1)
         return key
 
+    check_size(expr)
     try:
         tree = ast.parse(BACKTICKED.sub(placeholder, expr).strip(), mode="eval")
     except SyntaxError as e:
