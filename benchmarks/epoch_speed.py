@@ -31,8 +31,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-import mnist_lab.config.schema  # noqa: F401  (registers the schema)
-from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.schema import REPO_ROOT, register
 from mnist_lab.data.mnist import FILES, load_raw
 from mnist_lab.job.task import build_trainer
 from mnist_lab.train.device import resolve_device
@@ -90,6 +89,7 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
 
 def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[float], str]:
     overrides = [f"trainer.device={device_spec}", "data.val_size=0", f"epochs={epochs}", *extra]
+    register()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     trainer = build_trainer(cfg)

@@ -2,9 +2,11 @@
 
 import hydra
 
-import mnist_lab.config.schema  # noqa: F401  (registers the schema and resolvers before composition)
 from mnist_lab.app import cli
+from mnist_lab.config.schema import register
 from mnist_lab.job.task import run_task
+
+register()  # the schema and the resolvers conf/ uses, before Hydra composes
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -19,12 +19,14 @@ from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.schema import REPO_ROOT, register
 from mnist_lab.data.mnist import MnistTensors
 from mnist_lab.models.build import IN_FEATURES, N_CLASSES
 from mnist_lab.models.mlp import MLP
 from mnist_lab.train.learners import AutogradLearner
 from mnist_lab.train.loop import TrainSettings
+
+register()  # as every entry point does before Hydra composes
 
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
