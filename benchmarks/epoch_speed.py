@@ -33,7 +33,7 @@ from torch import nn
 
 from mnist_lab.config.schema import REPO_ROOT, register
 from mnist_lab.data.mnist import FILES, load_raw
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 from mnist_lab.train.device import resolve_device
 
 
@@ -94,13 +94,13 @@ def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[flo
         cfg = compose("config", overrides=overrides)
     trainer = build_trainer(cfg)
     device, runner = trainer.data.train_x.device, trainer.graph
-    times, last = [], {}
+    times, acc = [], None
     for epoch in range(1, epochs + 1):
         _sync(device)
         start = time.perf_counter()
-        last = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
+        ((_, acc),) = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
         times.append(time.perf_counter() - start)
-    note = f"{trainer.learner.backward} step; train/acc {last['train/acc']:.4f}"
+    note = f"{trainer.learner.backward} step; train/acc {acc:.4f}"
     if runner is not None and runner.failed:
         note += f"; capture failed: {runner.failed}"
     return times, note

@@ -4,12 +4,12 @@ Like Hydra's BasicLauncher, jobs run in the launching process, each composed by
 `config_loader.load_sweep_config` with its `hydra.job.num`. Jobs whose configs give equal
 `mnist_lab.job.group_key`s form a group, split into stacks that fit the memory
 (`mnist_lab.job.capacity`, `max_batch`); a stack of two or more is trained by
-`mnist_lab.job.train_group`. Every other job (no key, or left alone by the split) runs exactly
+`mnist_lab.job.run_jobs`. Every other job (no key, or left alone by the split) runs exactly
 as with the basic launcher, through Hydra's `run_job`.
 
 A member of a stack is still a full Hydra job. `_MemberJob` does for it what `run_job` does around
 a task function -- output directory, `.hydra/` files, `on_job_start`/`on_job_end` callbacks,
-`JobReturn` -- and gives `train_group` a context that makes it the current job (HydraConfig, log
+`JobReturn` -- and gives `run_jobs` a context that makes it the current job (HydraConfig, log
 file, `env_set`, working directory when `hydra.job.chdir`) whenever that member's code runs. Why
 not `run_job` itself: it runs one task function to its end, and the members of a stack advance
 together.
@@ -38,7 +38,7 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lab.job import ConfigError, Job, capacity, group_key, train_group
+from mnist_lab.job import ConfigError, Job, capacity, group_key, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class BatchedLauncherImpl:
             job.save_configs()
             with job.context():
                 callbacks.on_job_start(config=job.config, task_function=self.task_function)
-        outcomes = train_group([Job(j.cfg, j.context) for j in jobs], group)
+        outcomes = run_jobs([Job(j.cfg, j.context) for j in jobs], group)
         returns = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             ret = job.job_return(outcome)

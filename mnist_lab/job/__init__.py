@@ -4,7 +4,7 @@ only (tests/test_architecture.py checks it), so the rooms behind them can change
 
 from mnist_lab.config.recipe import recipe_of
 from mnist_lab.errors import ConfigError, SweepFailed
-from mnist_lab.job.group import Job, capacity, group_key, train_group
+from mnist_lab.job.group import capacity, group_key
 from mnist_lab.job.optuna_study import (
     TRIAL_ENV,
     OptunaConfigError,
@@ -16,6 +16,7 @@ from mnist_lab.job.optuna_study import (
     one_line,
     open_storage,
 )
+from mnist_lab.job.task import Job, is_project_task, run_jobs
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.reading import read_record
 from mnist_lab.signals import raise_pending, stop_status
@@ -33,12 +34,13 @@ __all__ = [
     "from_config",
     "group_key",
     "hide_password",
+    "is_project_task",
     "keep_in_memory",
     "one_line",
     "open_storage",
     "raise_pending",
     "read_record",
     "recipe_of",
+    "run_jobs",
     "stop_status",
-    "train_group",
 ]
