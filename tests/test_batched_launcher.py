@@ -8,10 +8,16 @@ few ulps; in float64 the engine matches autograd + torch.optim to 1e-10 (tests/t
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import optuna
 import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.test_utils.test_utils import SweepTaskFunction
+
+from mnist_lab.config.schema import CONF_DIR
 
 QUICK = ["epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
 GRID = ["lr=0.01,0.02", "seed=0,1"]
@@ -171,3 +177,49 @@ def test_jobs_that_fit_no_group_run_as_today(run_cli, tmp_path):
     assert bad.returncode != 0
     assert "hydra.launcher.max_batch=0 is not allowed" in bad.output
 
+
+# --- a task function of its own ---------------------------------------------------------------
+
+APP = Path(__file__).parent / "apps" / "own_task.py"
+_spec = importlib.util.spec_from_file_location("own_task", APP)
+own_task = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(own_task)
+
+
+def sweep_own_task(tmp_path, *overrides):
+    """Runs tests/apps/own_task.py's function as a multirun in-process, as Hydra's launcher
+    conformance suites do; returns the seeds it was called with."""
+    own_task.CALLS.clear()
+    runner = SweepTaskFunction()
+    runner.calling_file, runner.calling_module = str(APP), None
+    runner.task_function = own_task.task
+    runner.config_path, runner.config_name = str(CONF_DIR), "config"
+    runner.temp_dir = str(tmp_path / "sweep")
+    runner.overrides = ["epochs=1", "trainer.device=cpu", "hydra/launcher=batched", *overrides]
+    try:
+        runner.__enter__()  # runs the sweep; __exit__ would delete the sweep dir
+    finally:
+        HydraConfig.instance().cfg = None  # the last job's config must not leak into other tests
+    return sorted(own_task.CALLS)
+
+
+def test_another_task_function_is_called_for_every_job(tmp_path):
+    assert sweep_own_task(tmp_path, "seed=0,1") == [0, 1]
+    assert not list(tmp_path.rglob("result.json"))  # nothing trained in its place
+
+
+def test_under_optuna_the_study_gets_what_another_task_function_returned(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    seeds = sweep_own_task(
+        tmp_path,
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.direction=maximize",
+        f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.study_name=own",
+        "hydra.sweeper.n_jobs=2",  # both trials launched together: a stack, were they ours
+        "seed=choice(0, 1)",
+    )
+    assert seeds == [0, 1]
+    study = optuna.load_study(study_name="own", storage=url)
+    assert sorted(t.value for t in study.trials) == [42.0, 43.0]
