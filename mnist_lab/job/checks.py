@@ -68,7 +68,8 @@ def _check_regularisation(trainer, data) -> None:
 def _check_objective(objective) -> None:
     """One direction per metric; the first a validation metric (it chooses the best epoch, so
     never the test set), the others per-epoch metrics or the model's `param_count`."""
-    metrics, directions = list(objective.metrics), list(objective.directions)
+    node = OmegaConf.to_container(objective, resolve=True, enum_to_str=True)
+    metrics, directions = node["metrics"], node["directions"]
     if len(directions) != len(metrics) or not metrics:
         raise ConfigError(
             "objective.directions", directions, f"one per metric of objective.metrics {metrics}"

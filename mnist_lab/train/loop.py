@@ -106,8 +106,8 @@ class Member:
 class Trainer:
     """The members' epochs, every step taken by `learner`: the one member's own learner by
     default, else one that trains them all (`stacked.StackedLearner`). `capture`: replay the step
-    as a CUDA graph (on CUDA only). `on_stop(member)` is called as soon as a member stops before
-    the last epoch, so that its job can end while the others train on."""
+    as a CUDA graph (on CUDA only). `on_stop(member)` is called as soon as a member stops on its
+    own (an error, early stopping), so that its job can end while the others train on."""
 
     def __init__(
         self,
