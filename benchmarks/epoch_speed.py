@@ -31,10 +31,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-import mnist_lab.config.schema  # noqa: F401  (registers the schema)
-from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.schema import REPO_ROOT, register
 from mnist_lab.data.dataset import dataset_of
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 from mnist_lab.train.device import resolve_device
 
 
@@ -92,17 +91,18 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
 
 def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[float], str]:
     overrides = [f"trainer.device={device_spec}", "data.val_size=0", f"epochs={epochs}", *extra]
+    register()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     trainer = build_trainer(cfg)
     device, runner = trainer.data.train_x.device, trainer.graph
-    times, last = [], {}
+    times, acc = [], None
     for epoch in range(1, epochs + 1):
         _sync(device)
         start = time.perf_counter()
-        last = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
+        ((_, acc),) = trainer.train_epoch(epoch)  # reads the metrics: ends with a sync
         times.append(time.perf_counter() - start)
-    note = f"{trainer.learner.backward} step; train/acc {last['train/acc']:.4f}"
+    note = f"{trainer.learner.backward} step; train/acc {acc:.4f}"
     if runner is not None and runner.failed:
         note += f"; capture failed: {runner.failed}"
     return times, note

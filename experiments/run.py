@@ -2,13 +2,16 @@
 
 import hydra
 
-import mnist_lab.config.schema  # noqa: F401  (registers the schema and resolvers before composition)
 from mnist_lab.app import cli
-from mnist_lab.job.task import run_task
+from mnist_lab.config.schema import register
+from mnist_lab.job.task import project_task, run_task
+
+register()  # the schema and the resolvers conf/ uses, before Hydra composes
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg) -> float:
+@project_task  # `run_task` and nothing more: the batched launcher may stack these jobs
+def main(cfg):
     return run_task(cfg)
 
 

@@ -23,11 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_lab.app.cli import SweepFolder
-from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.config.schema import REPO_ROOT, register
 from mnist_lab.data.dataset import DatasetFacts, DataTensors
 from mnist_lab.models.mlp import MLP
+from mnist_lab.records.objective import Objective
 from mnist_lab.train.learners import AutogradLearner
-from mnist_lab.train.loop import TrainSettings
+from mnist_lab.train.loop import EarlyStopping, Member, Trainer, TrainSettings
+
+register()  # as every entry point does before Hydra composes
 
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
@@ -219,21 +222,26 @@ def tiny_data(n=256, seed=0):
     )
 
 
-def settings(epochs, patience, min_delta=0.0):
-    """TrainSettings for `tiny_data`: batches of 32, seed 0, every epoch evaluated, no output."""
+def settings(epochs):
+    """TrainSettings for `tiny_data`: batches of 32, every epoch evaluated, no output."""
     return TrainSettings(
         epochs=epochs,
         batch_size=32,
         shuffle=True,
         drop_last=False,
-        seed=0,
         eval_batch_size=1000,
-        patience=patience,
-        min_delta=min_delta,
         eval_every_epoch=True,
         log_interval=0,
         progress=False,
     )
+
+
+def tiny_trainer(learner, epochs, hooks=(), patience=None, min_delta=0.0):
+    """A Trainer of one member (seed 0) on `tiny_data`, with early stopping on val/acc if
+    `patience` is given."""
+    stopper = None if patience is None else EarlyStopping(patience, min_delta, Objective.of(None))
+    member = Member(learner, seed=0, hooks=list(hooks), stopper=stopper)
+    return Trainer([member], tiny_data(), settings(epochs))
 
 
 def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.0):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 from mnist_lab.job.weights import load_state
 
 SMALL = ["epochs=2", "data.train_subset=2000", "trainer.device=cpu"]
@@ -18,7 +18,8 @@ SMALL = ["epochs=2", "data.train_subset=2000", "trainer.device=cpu"]
 def _fit(job_config, overrides):
     trainer = build_trainer(job_config([*SMALL, *overrides]))
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     return trainer, rows
 
 

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mnist_lab.config.schema import REPO_ROOT
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -28,7 +28,8 @@ def _cfg(overrides):
 def _train(overrides):
     trainer = build_trainer(_cfg(overrides))
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     return trainer, rows[-1]
 
 
@@ -94,16 +95,18 @@ def test_graph_matches_eager(case):
 def test_best_weights_are_kept_from_the_captured_parameters(tmp_path):
     """The best epoch's copy reads the tensors the graph updates: it equals what that epoch saw."""
     from mnist_lab.job.weights import WeightKeeper, load_state
-    from mnist_lab.train.loop import evaluate
+    from mnist_lab.records.objective import Objective
+    from mnist_lab.train.evaluation import measure
 
     trainer = build_trainer(_cfg(["trainer.device=cuda", "trainer.cuda_graph=on", "epochs=3"]))
-    keeper = WeightKeeper(trainer.learner.model, "both")
+    keeper = WeightKeeper(trainer.learner.model, "both", Objective.of(None))
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row), keeper])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row), keeper]
+    trainer.fit()
     assert trainer.graph.graph is not None
     files = keeper.save(tmp_path, final_epoch=3)
     best = max(rows[1:], key=lambda r: r["val/acc"])
     trainer.learner.model.load_state_dict(load_state(tmp_path / files["best"], "cuda"))
-    data = trainer.data
-    _, acc = evaluate(trainer.learner, data.val_x, data.val_y, 10_000)
+    data, learner = trainer.data, trainer.learner
+    acc = measure(learner.model, learner.eval_loss, data.val_x, data.val_y, 10_000)["acc"]
     assert acc == best["val/acc"]

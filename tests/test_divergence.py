@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 from mnist_lab.train.loop import Diverged, Trainer
 
 
@@ -25,17 +25,23 @@ def test_non_finite_validation_is_diverged_not_pruned(job_config, monkeypatch, k
     trainer = build_trainer(job_config(["epochs=2", "data.train_subset=500", "trainer.device=cpu"]))
     evaluate = Trainer._evaluate
 
-    def broken(self):
-        metrics = evaluate(self)
-        metrics[key] = bad
-        if key == "val/loss":
-            metrics["val/acc"] = math.nan  # a NaN loss comes with a meaningless accuracy
+    def broken(self, member):
+        metrics = evaluate(self, member)
+        if self.fitting:
+            metrics[key] = bad
+            if key == "val/loss":
+                metrics["val/acc"] = math.nan  # a NaN loss comes with a meaningless accuracy
+        self.fitting = True  # epoch 0 (before training) is measured as it is
         return metrics
 
     monkeypatch.setattr(Trainer, "_evaluate", broken)
+    trainer.fitting = False
     rows = []
-    with pytest.raises(Diverged, match=rf"{key} became {bad} in epoch 1"):
-        trainer.fit([lambda epoch, row: rows.append(row), _judge])
+    (member,) = trainer.members
+    member.hooks = [lambda epoch, row: rows.append(row), _judge]
+    trainer.fit()
+    assert isinstance(member.error, Diverged)
+    assert str(member.error) == f"{key} became {bad} in epoch 1"
     assert [r["epoch"] for r in rows] == [0, 1]  # the epoch is still recorded
 
 
@@ -46,5 +52,6 @@ def test_a_hook_error_on_a_finite_epoch_still_propagates(job_config):
         if epoch == 1:
             raise PrunerLike
 
-    with pytest.raises(PrunerLike):
-        trainer.fit([fail])
+    trainer.members[0].hooks = [fail]
+    trainer.fit()
+    assert isinstance(trainer.members[0].error, PrunerLike)

@@ -12,7 +12,7 @@ from mnist_lab.config.knobs import check_knobs, unused_knobs
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.config.vocabulary import BY_NAME
 from mnist_lab.errors import ConfigError
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 
 CONF = REPO_ROOT / "conf"
 PRESETS = [

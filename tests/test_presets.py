@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mnist_lab.config.schema import REPO_ROOT
-from mnist_lab.job.task import build_trainer
+from mnist_lab.job.build import build_trainer
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "conf/experiment").glob("*.yaml"))
 SEEDS = REPO_ROOT.parent / "shared" / "seeds"
@@ -67,7 +67,8 @@ def test_preset_trains_for_a_fraction_of_an_epoch(preset):
     )
     trainer = build_trainer(cfg)
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     assert [r["epoch"] for r in rows] == [0, 1]
     assert math.isfinite(rows[-1]["train/loss"])
     assert 0.0 <= rows[-1]["test/acc"] <= 1.0
@@ -117,7 +118,8 @@ def test_strong_mlp_preset_is_a_regularised_plain_mlp_that_trains():
         )
     )
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     assert math.isfinite(rows[-1]["train/loss"]) and rows[-1]["test/acc"] > 0.5
     for weight in trainer.learner.constrained:
         assert weight.norm(dim=1).max().item() <= 3.5 * (1 + 1e-5)

@@ -5,19 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import IN_FEATURES, N_CLASSES, autograd_learner, model_values, settings, tiny_data
+from conftest import (
+    IN_FEATURES,
+    N_CLASSES,
+    autograd_learner,
+    model_values,
+    settings,
+    tiny_data,
+    tiny_trainer,
+)
 from torch import nn
 
 from mnist_lab.errors import ConfigError
+from mnist_lab.job.build import build_trainer
 from mnist_lab.job.checks import check_config
-from mnist_lab.job.task import build_trainer
 from mnist_lab.job.weights import WeightKeeper, load_state
 from mnist_lab.models.build import build_model
 from mnist_lab.models.mlp import MLP
 from mnist_lab.models.scratch import ScratchMLP
 from mnist_lab.records.format import WEIGHTS_FILES
+from mnist_lab.records.objective import Objective
+from mnist_lab.train import stacked
 from mnist_lab.train.learners import ScratchLearner
-from mnist_lab.train.loop import EarlyStopping, Trainer
+from mnist_lab.train.loop import EarlyStopping, Member, Trainer
+
+VAL_ACC = Objective.of(None)  # the default objective, as records before objectives have it
 
 
 def build_mlp(hidden_sizes, **keys):
@@ -32,6 +44,10 @@ def build_scratch(hidden_sizes, **keys):
 
 def row(epoch, val_acc, last=False):
     return {"epoch": epoch, "val/acc": val_acc, "last_epoch": last}
+
+
+def keeper_of(model, mode, objective=VAL_ACC):
+    return WeightKeeper(model, mode, objective)
 
 
 def params(model):
@@ -53,7 +69,7 @@ def same(state, other):
 
 def test_both_writes_best_and_final_when_another_epoch_was_best(tmp_path):
     model = build_mlp([8], batch_norm=True)
-    keeper = WeightKeeper(model, "both")
+    keeper = keeper_of(model, "both")
     keeper(0, row(0, 0.9))  # epoch 0 is the untrained model: never the best
     keeper(1, row(1, 0.5))
     at_best = params(model)
@@ -72,7 +88,7 @@ def test_one_file_when_the_final_epoch_is_the_best(tmp_path):
     for mode, name in (("both", WEIGHTS_FILES["final"]), ("best", WEIGHTS_FILES["best"])):
         out = tmp_path / mode
         out.mkdir()
-        keeper = WeightKeeper(model, mode)
+        keeper = keeper_of(model, mode)
         keeper(1, row(1, 0.5))
         keeper(2, row(2, 0.6, last=True))
         assert keeper.save(out, final_epoch=2) == {"best": name, "final": name}
@@ -82,7 +98,7 @@ def test_one_file_when_the_final_epoch_is_the_best(tmp_path):
 
 def test_best_only_and_final_only_and_none(tmp_path):
     model = build_mlp([8])
-    keeper = WeightKeeper(model, "best")
+    keeper = keeper_of(model, "best")
     keeper(1, row(1, 0.7))
     at_best = params(model)
     perturb(model)
@@ -90,7 +106,7 @@ def test_best_only_and_final_only_and_none(tmp_path):
     assert keeper.save(tmp_path, final_epoch=2) == {"best": WEIGHTS_FILES["best"], "final": None}
     assert same(load_state(tmp_path / WEIGHTS_FILES["best"], "cpu"), at_best)
 
-    final_only = WeightKeeper(model, "final")
+    final_only = keeper_of(model, "final")
     final_only(1, row(1, 0.7))
     final_only(2, row(2, 0.6, last=True))
     assert final_only.best_state is None  # nothing kept on the device for `final`
@@ -100,7 +116,7 @@ def test_best_only_and_final_only_and_none(tmp_path):
 
     out = tmp_path / "none"
     out.mkdir()
-    keeper = WeightKeeper(model, "none")
+    keeper = keeper_of(model, "none")
     keeper(1, row(1, 0.7))
     assert keeper.save(out, final_epoch=1) == {"best": None, "final": None}
     assert not list(out.iterdir())
@@ -109,7 +125,7 @@ def test_best_only_and_final_only_and_none(tmp_path):
 def test_scratch_model_weights_are_copied_and_load_into_either_model(tmp_path):
     torch.manual_seed(0)
     scratch = build_scratch([16])
-    keeper = WeightKeeper(scratch, "both")
+    keeper = keeper_of(scratch, "both")
     keeper(1, row(1, 0.8))
     at_best = params(scratch)
     scratch.load_state_dict({k: v + 1 for k, v in scratch.state_dict().items()})  # in place
@@ -128,15 +144,32 @@ def test_scratch_model_weights_are_copied_and_load_into_either_model(tmp_path):
 
 
 def test_early_stopping_counts_epochs_without_a_gain_over_min_delta():
-    stop = EarlyStopping(patience=2, min_delta=0.01)
-    assert stop.update(1, 0.90) is None
-    assert stop.update(2, 0.905) is None  # +0.005: not an improvement, 1 epoch waited
-    assert stop.update(3, 0.92) is None  # +0.02 over 0.90: improvement, counter reset
-    assert stop.update(4, 0.92) is None
-    reason = stop.update(5, 0.925)
+    stop = EarlyStopping(patience=2, min_delta=0.01, objective=VAL_ACC)
+    assert stop.update(1, row(1, 0.90)) is None
+    assert stop.update(2, row(2, 0.905)) is None  # +0.005: not an improvement, 1 epoch waited
+    assert stop.update(3, row(3, 0.92)) is None  # +0.02 over 0.90: improvement, counter reset
+    assert stop.update(4, row(4, 0.92)) is None
+    reason = stop.update(5, row(5, 0.925))
     assert reason == (
         "val/acc did not improve by more than 0.01 for 2 epoch(s) after epoch 3 (0.9200)"
     )
+
+
+def test_early_stopping_and_the_best_weights_follow_a_minimised_objective(tmp_path):
+    val_loss = Objective(("val/loss",), ("minimize",))
+    stop = EarlyStopping(patience=1, min_delta=0.0, objective=val_loss)
+    assert stop.update(1, {"val/loss": 0.5}) is None
+    assert stop.update(2, {"val/loss": 0.4}) is None  # lower is better
+    assert "val/loss did not improve" in stop.update(3, {"val/loss": 0.45})
+    model = build_mlp([8])
+    keeper = keeper_of(model, "both", val_loss)
+    keeper(1, {"val/loss": 0.5, "val/acc": 0.9})
+    at_best = params(model)
+    perturb(model)
+    keeper(2, {"val/loss": 0.6, "val/acc": 0.95, "last_epoch": True})  # more accurate, not better
+    assert keeper.best_epoch == 1
+    files = keeper.save(tmp_path, final_epoch=2)
+    assert same(load_state(tmp_path / files["best"], "cpu"), at_best)
 
 
 def test_training_stops_after_patience_epochs_and_flags_its_last_row():
@@ -144,23 +177,54 @@ def test_training_stops_after_patience_epochs_and_flags_its_last_row():
     rows = []
     model = build_mlp([16])
     # lr 0: the weights never change, so val/acc never improves after epoch 1.
-    trainer = Trainer(autograd_learner(model, 0.0, 10, 8), tiny_data(), settings(10, patience=3))
-    trainer.fit([lambda epoch, r: rows.append(dict(r))])
+    hooks = [lambda epoch, r: rows.append(dict(r))]
+    trainer = tiny_trainer(autograd_learner(model, 0.0, 10, 8), 10, hooks, patience=3)
+    trainer.fit()
+    (member,) = trainer.members
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
-    assert [r.get("last_epoch") for r in rows] == [None, False, False, False, True]
-    assert trainer.stopped_early["epoch"] == 4
-    assert "for 3 epoch(s) after epoch 1" in trainer.stopped_early["reason"]
+    assert [r["last_epoch"] for r in rows] == [False, False, False, False, True]
+    assert member.stopped_early["epoch"] == 4 and member.error is None
+    assert "for 3 epoch(s) after epoch 1" in member.stopped_early["reason"]
 
 
 def test_without_patience_training_runs_every_epoch():
     torch.manual_seed(0)
     rows = []
-    trainer = Trainer(
-        autograd_learner(build_mlp([16]), 0.0, 3, 8), tiny_data(), settings(3, patience=None)
-    )
-    trainer.fit([lambda epoch, r: rows.append(dict(r))])
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and trainer.stopped_early is None
+    hooks = [lambda epoch, r: rows.append(dict(r))]
+    trainer = tiny_trainer(autograd_learner(build_mlp([16]), 0.0, 3, 8), 3, hooks)
+    trainer.fit()
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert trainer.members[0].stopped_early is None
     assert rows[-1]["last_epoch"] and not rows[-2]["last_epoch"]
+
+
+def test_a_member_of_a_stack_stops_early_alone():
+    """Early stopping runs inside a stack: the member that stops leaves it, and the other trains
+    on exactly as it would alone."""
+
+    def member(lr, patience=None):
+        torch.manual_seed(0)  # the same initial weights for every member
+        rows = []
+        learner = autograd_learner(build_mlp([16]), lr, 6, 8)
+        stopper = EarlyStopping(patience, 0.0, VAL_ACC) if patience else None
+        return Member(learner, 0, [lambda epoch, r: rows.append(dict(r))], stopper), rows
+
+    def fit(members):
+        ended = []
+        step = stacked.stack([m.learner for m in members])
+        Trainer(members, tiny_data(), settings(6), step, on_stop=ended.append).fit()
+        return ended
+
+    (still, still_rows), (moving, moving_rows) = member(0.0, patience=2), member(0.1)
+    assert fit([still, moving]) == [still]  # told at once; the other trained to the end
+    assert [r["epoch"] for r in still_rows] == [0, 1, 2, 3] and still_rows[-1]["last_epoch"]
+    assert still.stopped_early["epoch"] == 3 and still.error is None  # lr 0: no gain
+    alone, alone_rows = member(0.1)
+    fit([alone])
+    assert [r["epoch"] for r in moving_rows] == [r["epoch"] for r in alone_rows] == list(range(7))
+    for got, want in zip(moving_rows, alone_rows, strict=True):
+        assert got["val/acc"] == pytest.approx(want["val/acc"], abs=1e-3)
+        assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-4, nan_ok=True)
 
 
 # --- the knobs --------------------------------------------------------------------------------
@@ -243,7 +307,8 @@ def test_knobs_reach_the_built_learner(job_config):
     trainer = build_trainer(cfg)
     assert trainer.learner.max_norm == 2.0 and len(trainer.learner.constrained) == 2
     assert trainer.learner.loss_fn.keywords == {"label_smoothing": 0.2}
-    assert (trainer.settings.patience, trainer.settings.min_delta) == (4, 0.001)
+    stopper = trainer.members[0].stopper
+    assert (stopper.patience, stopper.min_delta, stopper.objective.metric) == (4, 0.001, "val/acc")
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from hydra.errors import ConfigCompositionException
 from torch import nn
 
 from mnist_lab.errors import ConfigError
+from mnist_lab.job.build import build_trainer
 from mnist_lab.job.checks import check_config
-from mnist_lab.job.task import build_trainer
 from mnist_lab.models.build import build_model, count_parameters
 from mnist_lab.models.resmlp import ResMLP
 
@@ -107,7 +107,8 @@ def test_trains_with_autograd_and_any_optimizer(compose, optimizer):
     cfg = compose(["model=resmlp", "hidden=32", f"optimizer={optimizer}", "lr=0.01", *QUICK])
     trainer = build_trainer(cfg)
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     assert math.isfinite(rows[-1]["train/loss"])
     assert rows[-1]["val/acc"] > rows[0]["val/acc"] + 0.2  # it learned something in 10 steps
 
@@ -118,7 +119,8 @@ def test_step_is_captured_as_a_cuda_graph(compose):
     cfg = compose(["model=resmlp", "hidden=64", "data.train_subset=6400", "batch_size=64"])
     trainer = build_trainer(cfg)
     rows = []
-    trainer.fit([lambda epoch, row: rows.append(row)])
+    trainer.members[0].hooks = [lambda epoch, row: rows.append(row)]
+    trainer.fit()
     assert trainer.graph is not None and trainer.graph.graph is not None, trainer.graph.failed
     assert rows[-1]["val/acc"] > 0.8
 

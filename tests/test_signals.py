@@ -19,21 +19,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import (
-    IN_FEATURES,
-    N_CLASSES,
-    RUN_PY,
-    autograd_learner,
-    model_values,
-    settings,
-    tiny_data,
-)
+from conftest import IN_FEATURES, N_CLASSES, RUN_PY, autograd_learner, model_values, tiny_trainer
 from optuna.trial import TrialState
 
 from mnist_lab import signals
 from mnist_lab.models.mlp import MLP
 from mnist_lab.records.reading import read_record
-from mnist_lab.train.loop import Trainer
 
 LONG = ["epochs=100", "data.train_subset=1024", "trainer.device=cpu"]  # batch_size <= 1024
 STATUS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
@@ -238,9 +229,9 @@ def test_a_signal_python_drops_in_a_finalizer_still_stops_training(lab_handlers,
 
     torch.manual_seed(0)
     model = MLP(IN_FEATURES, N_CLASSES, [16], **model_values("mlp"))
-    trainer = Trainer(autograd_learner(model, 0.1, 5, 8), tiny_data(), settings(5, patience=None))
+    trainer = tiny_trainer(autograd_learner(model, 0.1, 5, 8), 5, [hook])
     with pytest.raises(KeyboardInterrupt) as stopped:
-        trainer.fit([hook])
+        trainer.fit()
     assert dropped == [STOP_TYPE[sig]]  # Python did drop the first raise
     assert type(stopped.value) is STOP_TYPE[sig] and epochs == [0, 1]  # stopped at epoch 2's step
     assert signals.stop_status(stopped.value) == STATUS[sig]

@@ -29,10 +29,22 @@ from PIL import Image
 from mnist_lab.app.callbacks import SummarizeCallback
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.records import files, reading
-from mnist_lab.records.format import METRICS_COLUMNS
 from mnist_lab.results import summary
 from mnist_lab.results.columns import typed
 from mnist_lab.results.summary import SummaryError, summarize
+
+# metrics.csv of a run with the evaluation's default metrics (mnist_lab.train.evaluation)
+METRICS_COLUMNS = (
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "seconds",
+)
 
 SUMMARIZE_PY = REPO_ROOT / "experiments" / "summarize.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -9,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lab.job import task
+from mnist_lab.job import build, task
 from mnist_lab.models.build import count_parameters
 from mnist_lab.records import files
-from mnist_lab.records.format import METRICS_COLUMNS
+from mnist_lab.records.reading import read_record
 from mnist_lab.records.run_record import RunRecord
-from mnist_lab.train.loop import batch_plan
+from mnist_lab.train.epoch import batch_plan
 
 QUICK = [
     "data.train_subset=2000",
@@ -29,22 +30,23 @@ QUICK = [
 
 
 def train_rows(job_config, tmp_path, name, overrides=(), spy=None, monkeypatch=None):
-    """Run `mnist_lab.job.task.train` in-process; returns (returned value, epoch rows, record)."""
+    """Run the task in-process; returns (returned value, metrics.csv's rows, result.json)."""
     if spy is not None:  # a forward hook: it sees the batches where the module's forward runs
         overrides = [*overrides, "trainer.backward=autograd"]  # (eager_epoch cuts them for both)
     cfg = job_config([*QUICK, *overrides], output_dir=tmp_path / name)
     if spy is not None:
-        build = task.build_model
+        build_model = build.build_model
 
         def spied_build(*args):
-            model = build(*args)
+            model = build_model(*args)
             model.register_forward_pre_hook(spy)
             return model
 
-        monkeypatch.setattr(task, "build_model", spied_build)
-    record = RunRecord(tmp_path / name, {})
-    value = task.train(cfg, record, multirun=False)
-    return value, record.rows, record
+        monkeypatch.setattr(build, "build_model", spied_build)
+    value = task.run_task(cfg)
+    with open(tmp_path / name / "metrics.csv", newline="") as f:
+        rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+    return value, rows, read_record(tmp_path / name)
 
 
 def without_seconds(rows):
@@ -76,8 +78,8 @@ def test_split_does_not_follow_the_training_seed(job_config, tmp_path):
     """Every run of a sweep is measured on the same validation images, whatever its seed."""
     _, _, record_a = train_rows(job_config, tmp_path, "a", ["seed=1", "epochs=1"])
     _, _, record_b = train_rows(job_config, tmp_path, "b", ["seed=2", "epochs=1"])
-    assert record_a.facts["n_val"] == record_b.facts["n_val"] == 5000
-    assert record_a.facts["n_train"] == 2000
+    assert record_a["n_val"] == record_b["n_val"] == 5000
+    assert record_a["n_train"] == 2000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +312,6 @@ def test_nan_becomes_null_and_record_files_follow_the_contract(tmp_path):
     assert result["initial"] == {"val/loss": 0.3, "val/acc": 0.1, "test/loss": 0.3, "test/acc": 0.1}
     assert result["started_at"] and result["finished_at"] and result["wall_seconds"] == 2.0
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0] == ",".join(METRICS_COLUMNS)
     assert lines[0] == "epoch,train/loss,train/acc,val/loss,val/acc,test/loss,test/acc,lr,seconds"
     assert lines[1].startswith("0,,,0.3,0.1,")  # epoch 0: train/* empty
     assert lines[2].split(",")[1] == ""  # inf is not a measurement either
@@ -357,3 +358,39 @@ def test_run_task_single_run_failure_exits_with_one_line(job_config, tmp_path, c
     assert result["status"] == "failed"
     assert result["reason"] == "model.hidden_sizes[0]=0 is not allowed: must be > 0"
     assert result["config"]["hidden"] == 0 and "hydra" not in result["config"]
+
+
+def test_a_metric_added_in_one_place_reaches_the_record_and_the_summary(
+    job_config, tmp_path, monkeypatch
+):
+    """docs/ARCHITECTURE.md: a metric is one entry of `mnist_lab.train.evaluation.METRICS`."""
+    import pandas as pd
+
+    from mnist_lab.app.callbacks import configured_settings
+    from mnist_lab.results.summary import summarize
+    from mnist_lab.train import evaluation
+
+    top2 = lambda out, y, loss: (out.topk(2, 1).indices == y[:, None]).any(1).sum()  # noqa: E731
+    monkeypatch.setitem(evaluation.METRICS, "top2", top2)
+    value, rows, record = train_rows(job_config, tmp_path, "run", ["epochs=1"])
+    assert list(rows[0]) == [
+        "epoch",
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/top2",
+        "test/loss",
+        "test/acc",
+        "test/top2",
+        "lr",
+        "seconds",
+    ]
+    for section in ("initial", "final", "best"):
+        assert record[section]["val/top2"] == rows[-1 if section != "initial" else 0]["val/top2"]
+    assert record["final"]["val/acc"] < record["final"]["val/top2"] <= 1.0
+    settings = {**configured_settings(), "plots": False}
+    settings.pop("results_root")
+    summarize([tmp_path / "run"], tmp_path / "summary", **settings)
+    table = pd.read_csv(tmp_path / "summary" / "summary.csv")
+    assert table["final.test/top2"].tolist() == [record["final"]["test/top2"]]

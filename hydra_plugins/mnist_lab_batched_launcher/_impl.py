@@ -1,15 +1,17 @@
 """The batched launcher: compose every job, group those that can share a step, train each group.
 
 Like Hydra's BasicLauncher, jobs run in the launching process, each composed by
-`config_loader.load_sweep_config` with its `hydra.job.num`. Jobs whose configs give equal
-`mnist_lab.job.group_key`s form a group, split into stacks that fit the memory
+`config_loader.load_sweep_config` with its `hydra.job.num`. Only the jobs of the project's own
+task function (experiments/run.py's: `mnist_lab.job.is_project_task`) are stacked: jobs whose
+configs give equal `mnist_lab.job.group_key`s form a group, split into stacks that fit the memory
 (`mnist_lab.job.capacity`, `max_batch`); a stack of two or more is trained by
-`mnist_lab.job.train_group`. Every other job (no key, or left alone by the split) runs exactly
-as with the basic launcher, through Hydra's `run_job`.
+`mnist_lab.job.run_jobs`, the lifecycle a job run alone goes through too. Every other job (no
+key, left alone by the split, or any job of another task function) runs exactly as with the basic
+launcher: Hydra's `run_job` calls the task function it was given.
 
 A member of a stack is still a full Hydra job. `_MemberJob` does for it what `run_job` does around
 a task function -- output directory, `.hydra/` files, `on_job_start`/`on_job_end` callbacks,
-`JobReturn` -- and gives `train_group` a context that makes it the current job (HydraConfig, log
+`JobReturn` -- and gives `run_jobs` a context that makes it the current job (HydraConfig, log
 file, `env_set`, working directory when `hydra.job.chdir`) whenever that member's code runs. Why
 not `run_job` itself: it runs one task function to its end, and the members of a stack advance
 together.
@@ -38,9 +40,17 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lab.job import ConfigError, Job, capacity, group_key, train_group
+from mnist_lab.job import ConfigError, Job, capacity, group_key, is_project_task, run_jobs
 
 log = logging.getLogger(__name__)
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    """The job's config as its task function gets it: without the `hydra` node."""
+    cfg = copy.deepcopy(config)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 class _MemberJob:
@@ -57,9 +67,7 @@ class _MemberJob:
             config.hydra.runtime.output_dir = os.path.abspath(output_dir)
         HydraConfig.instance().set_config(config)
         self.output_dir = Path(config.hydra.runtime.output_dir)
-        self.cfg = copy.deepcopy(config)
-        with read_write(self.cfg), open_dict(self.cfg):
-            del self.cfg["hydra"]
+        self.cfg = _task_config(config)
         self.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
         self.chdir = bool(self.hydra_cfg.hydra.job.chdir)
 
@@ -135,10 +143,7 @@ class BatchedLauncherImpl:
         previous = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the job's values
         try:
-            job_cfg = copy.deepcopy(config)
-            with read_write(job_cfg), open_dict(job_cfg):
-                del job_cfg["hydra"]
-            return group_key(job_cfg)
+            return group_key(_task_config(config))
         finally:
             HydraConfig.instance().cfg = previous
 
@@ -152,8 +157,9 @@ class BatchedLauncherImpl:
             for i, overrides in enumerate(job_overrides)
         ]
         groups: dict[str, list[int]] = {}
+        ours = is_project_task(self.task_function)  # any other is called once per job
         for i, config in enumerate(configs):
-            key = self._key(config)
+            key = self._key(config) if ours else None
             groups.setdefault(key if key is not None else f"alone {i}", []).append(i)
         stacks = [s for members in groups.values() for s in self._split(configs, members)]
         log.info(
@@ -173,11 +179,7 @@ class BatchedLauncherImpl:
     def _split(self, configs, members: list[int]) -> list[list[int]]:
         if len(members) == 1:
             return [members]
-        cfg = configs[members[0]]
-        job_cfg = copy.deepcopy(cfg)
-        with read_write(job_cfg), open_dict(job_cfg):
-            del job_cfg["hydra"]
-        cap = capacity(job_cfg, self.memory_fraction, self.max_batch)
+        cap = capacity(_task_config(configs[members[0]]), self.memory_fraction, self.max_batch)
         return [members[i : i + cap] for i in range(0, len(members), cap)]
 
     def _run(self, configs, members: list[int]) -> list[JobReturn]:
@@ -207,7 +209,7 @@ class BatchedLauncherImpl:
             job.save_configs()
             with job.context():
                 callbacks.on_job_start(config=job.config, task_function=self.task_function)
-        outcomes = train_group([Job(j.cfg, j.context) for j in jobs], group)
+        outcomes = run_jobs([Job(j.cfg, j.context) for j in jobs], group)
         returns = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             ret = job.job_return(outcome)

@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab.job import (
+    Objective,
     StorageUnavailable,
     is_unavailable,
     one_line,
@@ -90,21 +91,11 @@ def tell(
             raise
 
 
-# A record without `config.objective` (written before objectives were configurable): the task
-# returned its final validation accuracy.
-DEFAULT_METRICS = ("val/acc",)
-
-
 def record_values(record: Mapping[str, Any], n_objectives: int) -> tuple[list[float] | None, str]:
-    """The values a completed job's task returned, as its record states them: each metric of the
-    record's `config.objective.metrics` (default val/acc) at the last epoch (`final`), or a fact
-    of the record (`param_count`) for a metric no epoch measures."""
-    objective = (record.get("config") or {}).get("objective") or {}
-    metrics = objective.get("metrics") or DEFAULT_METRICS
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    final = record.get("final") or {}
-    items = [final[m] if m in final else record.get(m) for m in metrics]
-    values, why = objective_values(items[0] if len(items) == 1 else items, n_objectives)
+    """The values a completed job's task returned, as its record states them (`Objective.values`:
+    the record's objective, val/acc for a record without one, the task's own rule)."""
+    items = Objective.of((record.get("config") or {}).get("objective")).values(record)
+    values, why = objective_values(items[0] if len(items) == 1 else list(items), n_objectives)
     return values, "" if why is None else f"record: objective {why}"
 
 

@@ -173,7 +173,9 @@ class OptunaSweeperConf:
     # Deprecated form of the official plugin ({key: {type, low, high, log, step, choices}}).
     search_space: dict[str, Any] | None = None
     # The objectives' names, one per direction, shown by optuna-dashboard (null: "Objective 0").
-    metric_names: list[str] | None = None
+    # (Any, like `direction`: an interpolation such as `${objective.metrics}` stays one until it is
+    # resolved; the sweeper checks it is a list of strings, one per direction.)
+    metric_names: Any = None
     # Trials to run first, each a {param: value} of the search space (Optuna's enqueue_trial):
     # e.g. a preset's own values, so the study starts from a known good point. One already in the
     # study (a resumed sweep) is not enqueued again.

@@ -8,6 +8,9 @@ A config file whose keys depend on its choice (each model has its own) names its
 dataclass beside the code it configures, as the first entry of its defaults list:
 `- /schema/mnist_lab.models.resmlp.ResMLPConfig@_here_`. `register_schemas` finds those entries in
 `conf/` and stores each dataclass under that name, so adding a model touches no file here.
+
+Nothing is registered on import: every entry point (and the tests' conftest, the benchmarks)
+calls `register()` before Hydra composes.
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ class SaveWeights(str, Enum):
     none = "none"
 
 
+class Direction(str, Enum):
+    maximize = "maximize"
+    minimize = "minimize"
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a run is judged by (`conf/objective/`): metrics and their directions, one each; the
+    first, a validation metric, chooses the best epoch (mnist_lab.records.objective)."""
+
+    metrics: list[str] = MISSING
+    directions: list[Direction] = MISSING
+
+
 @dataclass
 class EarlyStoppingConfig:
     patience: int | None = MISSING
@@ -121,6 +138,7 @@ class LabConfig:
     optimizer: Any = MISSING
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     hidden: int = MISSING
     lr: float = MISSING
     batch_size: int = MISSING
@@ -172,6 +190,3 @@ def register() -> None:
         OmegaConf.register_new_resolver("unique", _unique_suffix, use_cache=True)
     if not OmegaConf.has_resolver("repo_path"):
         OmegaConf.register_new_resolver("repo_path", _repo_path)
-
-
-register()

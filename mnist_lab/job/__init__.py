@@ -4,7 +4,7 @@ only (tests/test_architecture.py checks it), so the rooms behind them can change
 
 from mnist_lab.config.recipe import recipe_of
 from mnist_lab.errors import ConfigError, StorageUnavailable, SweepFailed
-from mnist_lab.job.group import Job, capacity, group_key, train_group
+from mnist_lab.job.group import capacity, group_key
 from mnist_lab.job.optuna_study import (
     TRIAL_ENV,
     OptunaConfigError,
@@ -19,7 +19,9 @@ from mnist_lab.job.optuna_study import (
     reaching,
     sqlite_path,
 )
+from mnist_lab.job.task import Job, is_project_task, run_jobs
 from mnist_lab.records.files import atomic_write_text
+from mnist_lab.records.objective import Objective
 from mnist_lab.records.reading import read_record
 from mnist_lab.signals import raise_pending, stop_status
 
@@ -27,6 +29,7 @@ __all__ = [
     "TRIAL_ENV",
     "ConfigError",
     "Job",
+    "Objective",
     "OptunaConfigError",
     "StorageUnavailable",
     "SweepFailed",
@@ -37,6 +40,7 @@ __all__ = [
     "from_config",
     "group_key",
     "hide_password",
+    "is_project_task",
     "is_unavailable",
     "keep_in_memory",
     "one_line",
@@ -45,7 +49,7 @@ __all__ = [
     "reaching",
     "read_record",
     "recipe_of",
+    "run_jobs",
     "sqlite_path",
     "stop_status",
-    "train_group",
 ]

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from mnist_lab.config.checks import check_finite, check_fraction, check_positive, parse_switch
 from mnist_lab.data.dataset import dataset_facts
 from mnist_lab.errors import ConfigError
+from mnist_lab.train import evaluation
 
 
 def check_config(cfg) -> None:
@@ -29,6 +30,7 @@ def check_config(cfg) -> None:
     for key in ("progress", "cuda_graph", "save_figures"):
         parse_switch(f"trainer.{key}", trainer[key])
     _check_regularisation(trainer, data)
+    _check_objective(cfg.objective)
     facts = dataset_facts(data)
     if data.normalize not in facts.normalization:
         raise ConfigError(
@@ -69,3 +71,25 @@ def _check_regularisation(trainer, data) -> None:
             stopping.patience,
             "needs trainer.eval_every_epoch=true",
         )
+
+
+def _check_objective(objective) -> None:
+    """One direction per metric; the first a validation metric (it chooses the best epoch, so
+    never the test set), the others per-epoch metrics or the model's `param_count`."""
+    node = OmegaConf.to_container(objective, resolve=True, enum_to_str=True)
+    metrics, directions = node["metrics"], node["directions"]
+    if len(directions) != len(metrics) or not metrics:
+        raise ConfigError(
+            "objective.directions", directions, f"one per metric of objective.metrics {metrics}"
+        )
+    chooses = [k for k in evaluation.keys() if k.startswith("val/")]
+    if metrics[0] not in chooses:
+        raise ConfigError(
+            "objective.metrics",
+            metrics,
+            f"the first chooses the best epoch: one of {', '.join(chooses)}",
+        )
+    allowed = ["train/loss", "train/acc", *chooses, "param_count"]
+    for metric in metrics[1:]:
+        if metric not in allowed:
+            raise ConfigError("objective.metrics", metrics, f"each one of {', '.join(allowed)}")

@@ -1,208 +1,55 @@
-"""The Hydra task: composed config in, trained model and run record out, validation accuracy back.
+"""One job lifecycle, for a job run alone (the Hydra task `run_task`: a group of one) and for the
+members of a stack the batched launcher trains (`run_jobs`).
 
-Failure policy (see docs/ARCHITECTURE.md): every run leaves a record. In a single run a bad value
-ends the process with one line naming the key; in a multirun the job is recorded `failed` (or
-`diverged`) and returns NaN, so the other jobs of the sweep still run and a sweeper sees a failure.
+Each job, in its own Hydra job context: its record is opened, its knobs and config checked, its
+data, model and learner built (`mnist_lab.job.build`), its epoch hooks set (the record, the Optuna
+reporter, the best-weights keeper); one epoch loop trains the group; each job's end becomes its
+outcome under the failure policy (`RecordedRun.conclude`, docs/ARCHITECTURE.md): every run leaves
+a record; in a single run a bad value ends the process with one line naming the key; in a
+multirun the job is recorded `failed` (or `diverged`) and returns NaN, so the other jobs still run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
-from mnist_lab.data.dataset import load_data
-from mnist_lab.errors import ConfigError, LabError, OutputError
+from mnist_lab.errors import LabError, OutputError
 from mnist_lab.job import trial_reporting
-from mnist_lab.job.checks import check_config
+from mnist_lab.job.build import Built, build, model_facts, trainer_for
 from mnist_lab.job.weights import WeightKeeper, resolve_mode
-from mnist_lab.models.build import build_model, count_parameters
 from mnist_lab.records.run_record import RunRecord
 from mnist_lab.signals import install_in_worker, stop_status
-from mnist_lab.train.device import resolve_device
-from mnist_lab.train.learners import AutogradLearner, OwnBackward, ScratchLearner
-from mnist_lab.train.loop import Diverged, Trainer, TrainSettings, batch_plan
-from mnist_lab.train.schedule import lr_table
-from mnist_lab.train.stacked import stack
+from mnist_lab.train.loop import Diverged
 
 log = logging.getLogger(__name__)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+@dataclass
+class Job:
+    """A job as its launcher hands it over: its task config, and a context that makes it the
+    current Hydra job (its HydraConfig, log file, environment) whenever its code runs."""
+
+    cfg: DictConfig
+    context: Callable[[], AbstractContextManager] = nullcontext
 
 
 def _is_pruned(error: BaseException) -> bool:
     optuna = sys.modules.get("optuna")
     return optuna is not None and isinstance(error, optuna.TrialPruned)
-
-
-def _set_determinism(seed: int, deterministic: bool) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if torch.are_deterministic_algorithms_enabled() != deterministic:
-        torch.use_deterministic_algorithms(deterministic)  # ~0.3 s a call: only when it changes
-    torch.manual_seed(seed)
-
-
-def _use_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
-    """Whether the device and `trainer.cuda_graph` allow capturing the step."""
-    mode = parse_switch("trainer.cuda_graph", cfg.trainer.cuda_graph)
-    if mode is True and device.type != "cuda":
-        log.warning("trainer.cuda_graph=on needs a CUDA device; training eagerly on %s", device)
-    return mode is not False and device.type == "cuda"
-
-
-def build_learner(cfg: DictConfig, model, steps_per_epoch: int, capture: bool):
-    """How the model trains follows from what it is: a torch.nn.Module by autograd and
-    torch.optim, a model with its own backward (`OwnBackward`) by its own update."""
-    lrs = lr_table(cfg.scheduler, cfg.optimizer.lr, steps_per_epoch, cfg.trainer.epochs)
-    if not isinstance(model, nn.Module):
-        if not isinstance(model, OwnBackward):
-            raise ConfigError(
-                "model",
-                cfg.model._target_,
-                "builds neither an nn.Module nor a model with its own backward",
-            )
-        if cfg.trainer.compile:
-            log.warning(
-                "trainer.compile applies to torch.nn models only; %s runs as is",
-                type(model).__name__,
-            )
-        return ScratchLearner(model, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing)
-    try:
-        optimizer = instantiate(cfg.optimizer, params=model.parameters())
-    except Exception as e:  # torch.optim refuses unknown or out-of-range settings
-        cause = e.__cause__ or e
-        raise ConfigError("optimizer", cfg.optimizer._target_, f"{cause}") from e
-    compile_batch = cfg.data.batch_size if cfg.trainer.compile else None
-    learner = AutogradLearner(
-        model, optimizer, lrs, cfg.trainer.max_norm, cfg.trainer.label_smoothing, compile_batch
-    )
-    if capture:
-        from mnist_lab.train.cuda_graph import prepare_optimizer
-
-        prepare_optimizer(optimizer, scheduled=learner.scheduled)
-    return learner
-
-
-def choose_backward(cfg: DictConfig, learner, device: torch.device, capture: bool):
-    """`trainer.backward`: the learner itself, or its model trained by the hand-written step of
-    `mnist_lab.train.stacked` as a stack of one (same maths; about 1.6x faster per CPU epoch for small
-    MLPs, docs/PERFORMANCE.md). `auto` takes it on the CPU only: on CUDA the autograd step
-    captured as a CUDA graph is the measured fast path."""
-    mode = cfg.trainer.backward.value
-    if mode == "manual" and capture:
-        raise ConfigError(
-            "trainer.backward",
-            mode,
-            "is not captured as a CUDA graph yet; add trainer.cuda_graph=off, or use auto",
-        )
-    if mode == "autograd" or not isinstance(learner, AutogradLearner):
-        return learner  # a model with its own backward (scratch) keeps it
-    if mode == "auto" and device.type != "cpu":
-        return learner
-    # On the CPU, dropout masks come from the global generator, as nn.Dropout draws them.
-    lean = stack([learner], [torch.default_generator] if device.type == "cpu" else None)
-    if lean is None and mode == "manual":
-        raise ConfigError(
-            "trainer.backward",
-            mode,
-            "the hand-written step covers Linear/activation/Dropout MLPs with SGD, Adam or AdamW, "
-            "without input dropout, max_norm, label smoothing or compile; use auto or autograd",
-        )
-    return lean or learner
-
-
-def train_settings(cfg: DictConfig, multirun: bool) -> TrainSettings:
-    progress = parse_switch("trainer.progress", cfg.trainer.progress)
-    return TrainSettings(
-        epochs=cfg.trainer.epochs,
-        batch_size=cfg.data.batch_size,
-        shuffle=cfg.data.shuffle,
-        drop_last=cfg.data.drop_last,
-        seed=cfg.trainer.seed,
-        eval_batch_size=cfg.data.eval_batch_size,
-        patience=cfg.trainer.early_stopping.patience,
-        min_delta=cfg.trainer.early_stopping.min_delta,
-        eval_every_epoch=cfg.trainer.eval_every_epoch,
-        log_interval=cfg.trainer.log_interval,
-        progress=(sys.stderr.isatty() and not multirun) if progress == "auto" else progress,
-    )
-
-
-def build_trainer(cfg: DictConfig, multirun: bool = False, stackable: bool = False) -> Trainer:
-    """Validate the config, load the data, build model, learner and (on CUDA) the graph runner.
-
-    `stackable`: keep the model's own learner (the batched launcher stacks the members' learners
-    itself), whatever `trainer.backward` says.
-    """
-    check_config(cfg)
-    device = resolve_device(cfg.trainer.device)
-    _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
-    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
-    data = load_data(cfg.data, device)
-    model = build_model(cfg.model, device, data.facts.in_features, data.facts.n_classes)
-    settings = train_settings(cfg, multirun)
-    steps = len(batch_plan(data.n_train, settings.batch_size, settings.drop_last))
-    capture = _use_cuda_graph(cfg, device)
-    learner = build_learner(cfg, model, steps, capture)
-    if not stackable:
-        learner = choose_backward(cfg, learner, device, capture)
-    graph = None
-    if capture:
-        from mnist_lab.train.cuda_graph import GraphEpoch
-
-        graph = GraphEpoch(
-            learner, data.train_x, data.train_y, settings.batch_size, settings.log_interval
-        )
-    return Trainer(learner, data, settings, graph)
-
-
-def epoch_hooks(cfg: DictConfig, record: RunRecord) -> list:
-    """What sees every epoch's row: the record and, inside an Optuna trial, its reporter."""
-    hooks = [record.add_epoch]
-    reporter = trial_reporting.epoch_reporter(cfg.trainer.epochs)
-    if reporter is not None:
-        hooks.append(reporter)
-    return hooks
-
-
-def train(cfg: DictConfig, record: RunRecord, multirun: bool) -> float:
-    """Build, fit with the record and the pruning reporter as hooks; returns final val accuracy."""
-    check_knobs(cfg, record.facts.get("overrides", []))
-    trainer = build_trainer(cfg, multirun)
-    model, data = trainer.learner.model, trainer.data
-    record.facts.update(model_facts(model, data))
-    record.facts["backward"] = trainer.learner.backward
-    keeper = WeightKeeper(model, resolve_mode(cfg.trainer.save_weights.value, multirun))
-    trainer.fit([*epoch_hooks(cfg, record), keeper])
-    record.facts["stopped_early"] = trainer.stopped_early
-    # Written before the record says `completed`, so a record never names a missing file.
-    record.facts["weights"] = keeper.save(record.run_dir, record.summary()["epochs_run"])
-    if trainer.graph is not None:
-        record.facts["cuda_graph"] = trainer.graph.graph is not None
-    figures = parse_switch("trainer.save_figures", cfg.trainer.save_figures)
-    if figures is True or (figures == "auto" and not multirun):
-        from mnist_lab.job.figures import save_figures
-
-        save_figures(model, data, record.run_dir)
-    return record.summary()["final"]["val/acc"]
 
 
 def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
@@ -231,39 +78,82 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
         "device": None,
         "device_name": None,
         "backward": None,  # autograd | manual (mnist_lab.train.stacked's step) | own (the model's)
+        "cuda_graph": None,  # whether the step ran as a captured CUDA graph (null: not tried)
         "stopped_early": None,
         "weights": None,  # {"best", "final"}: the weight files a completed run wrote
-    }
-
-
-def model_facts(model, data) -> dict:
-    device = data.train_x.device
-    return {
-        "param_count": count_parameters(model),
-        "device": str(device),
-        "device_name": _device_name(device),
-        "n_train": data.n_train,
-        "n_val": len(data.val_y),
-        "data": data.fingerprint,  # what the run read: per-file SHA-256 and counts, and an id
+        "batched": None,  # {"k", "group", "jobs"}: the stack the batched launcher trained it in
     }
 
 
 class RecordedRun:
-    """One job's record from its start to its outcome, for the current Hydra job.
+    """One job from its record to its outcome; each step runs in the job's context."""
 
-    `conclude` applies the failure policy (docs/ARCHITECTURE.md) to how the training ended: it
-    returns the value the task returns, or raises what the job must raise. The batched launcher
-    (mnist_lab.job.group) gives each member of a stack one, so members follow the same policy.
-    """
-
-    def __init__(self, cfg: DictConfig, **facts):
-        hydra_cfg = HydraConfig.get()
-        self.multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        self.run_dir = Path(hydra_cfg.runtime.output_dir)
-        self.record = RunRecord(self.run_dir, {**run_facts(cfg, hydra_cfg), **facts})
+    def __init__(self, job: Job, batched: dict | None):
+        self.job = job
+        with job.context():
+            hydra_cfg = HydraConfig.get()
+            self.multirun = hydra_cfg.mode == RunMode.MULTIRUN
+            self.run_dir = Path(hydra_cfg.runtime.output_dir)
+            facts = {**run_facts(job.cfg, hydra_cfg), "batched": batched}
+            self.record = RunRecord(self.run_dir, facts)
         self.started = time.perf_counter()
+        self.built: Built | None = None
+        self.keeper: WeightKeeper | None = None
 
-    def conclude(self, error: BaseException | None = None, value: float = math.nan) -> float:
+    def build(self) -> None:
+        """Check the knobs and the config, build the job, give it its epoch hooks."""
+        cfg, record = self.job.cfg, self.record
+        with self.job.context():
+            check_knobs(cfg, record.facts.get("overrides", []))
+            self.built = built = build(cfg, self.multirun)
+            model = built.member.learner.model
+            record.facts.update(model_facts(model, built.data))
+            mode = resolve_mode(cfg.trainer.save_weights.value, self.multirun)
+            self.keeper = WeightKeeper(model, mode, built.objective)
+            hooks = [record.add_epoch]
+            reporter = trial_reporting.epoch_reporter(cfg.trainer.epochs, built.objective.metric)
+            if reporter is not None:
+                hooks.append(reporter)
+            built.member.hooks = [*hooks, self.keeper]
+            built.member.context = self.job.context
+
+    def _complete(self):
+        """A completed job's last facts -- weights written before the record says `completed`,
+        so a record never names a missing file -- and the objective's value(s) it returns."""
+        record, built = self.record, self.built
+        record.facts["stopped_early"] = built.member.stopped_early
+        record.facts["weights"] = self.keeper.save(self.run_dir, record.summary()["epochs_run"])
+        figures = parse_switch("trainer.save_figures", built.cfg.trainer.save_figures)
+        if figures is True or (figures == "auto" and not self.multirun):
+            from mnist_lab.job.figures import save_figures
+
+            save_figures(built.member.learner.model, built.data, self.run_dir)
+        values = built.objective.values({**record.facts, **record.summary()})
+        return values[0] if len(values) == 1 else values
+
+    def settle(self, error: BaseException | None):
+        """The job's outcome: its return value, or the exception it raises (a pruned trial, a
+        single run's exit). A KeyboardInterrupt propagates once the record says so."""
+        with self.job.context():
+            value = math.nan
+            if error is None:
+                try:
+                    value = self._complete()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:
+                    error = e
+            try:
+                return self.conclude(error, value)
+            except KeyboardInterrupt:
+                raise
+            except OutputError as e:
+                return _unwritable(self.multirun, e)
+            except BaseException as e:
+                return e
+
+    def conclude(self, error: BaseException | None = None, value=math.nan):
+        """The failure policy: returns what the task returns, or raises what the job raises."""
         record, run_dir, multirun = self.record, self.run_dir, self.multirun
         wall = time.perf_counter() - self.started
         if error is None:
@@ -300,18 +190,88 @@ class RecordedRun:
         raise e
 
 
-def run_task(cfg: DictConfig) -> float:
-    install_in_worker()
+def _unwritable(multirun: bool, error: OutputError):
+    """A job whose record cannot be written: one line; a single run exits 2, a sweep goes on."""
+    if not multirun:
+        log.error("%s", error)
+        return SystemExit(2)
+    log.error("job failed: %s", error)
+    return math.nan
+
+
+def run_jobs(jobs: list[Job], batched: dict | None = None) -> list:
+    """Every job's life, its training shared by one epoch loop; returns each job's return value,
+    or the exception it raises.
+
+    `batched`: the jobs are a stack of the batched launcher (`group`, `jobs`), which goes into
+    every record as `batched` with `k`; they train as one stacked step. Otherwise the jobs train
+    alone, as `trainer.backward` says (one job: `run_task`).
+    """
+    group = None if batched is None else {"k": len(jobs), **batched}
+    runs: dict[int, RecordedRun] = {}
+    outcomes: dict[int, object] = {}
     try:
-        run = RecordedRun(cfg)
-        try:
-            value = train(cfg, run.record, run.multirun)
-        except BaseException as e:
-            return run.conclude(e)
-        return run.conclude(None, value)
-    except OutputError as e:  # the record cannot be written: one line; a sweep goes on
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            log.error("%s", e)
-            raise SystemExit(2) from None
-        log.error("job failed: %s", e)
-        return math.nan
+        for j, job in enumerate(jobs):
+            try:
+                runs[j] = RecordedRun(job, group)
+            except OutputError as e:
+                with job.context():
+                    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+                    outcomes[j] = _unwritable(multirun, e)
+                continue
+            try:
+                runs[j].build()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # bad input, found before epoch 0: this job only
+                outcomes[j] = runs[j].settle(e)
+        ready = {runs[j].built.member: j for j in runs if j not in outcomes}
+        if ready:
+            trainer = trainer_for([runs[j].built for j in ready.values()], group is not None)
+            for j in ready.values():
+                runs[j].record.facts["backward"] = trainer.learner.backward
+
+            def end(member) -> None:
+                j = ready[member]
+                runs[j].record.facts["cuda_graph"] = trainer.captured
+                outcomes[j] = runs[j].settle(member.error)
+
+            trainer.on_stop = end
+            trainer.fit()
+            for member in trainer.alive:
+                end(member)
+    # Ctrl-C, or a fault of the shared step: every job's record says so.
+    except BaseException as e:
+        for j, run in runs.items():
+            if j not in outcomes:
+                try:
+                    outcomes[j] = run.settle(e)
+                except KeyboardInterrupt:
+                    pass
+        if isinstance(e, KeyboardInterrupt):
+            raise
+    return [outcomes[j] for j in range(len(jobs))]
+
+
+def run_task(cfg: DictConfig):
+    """The project's Hydra task function: one job, a group of one. Returns the objective's value
+    at the last epoch (a tuple for several objectives), NaN for a failed job of a multirun."""
+    install_in_worker()
+    (outcome,) = run_jobs([Job(cfg)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def project_task(function):
+    """Declares an entry point's `@hydra.main` function to be `run_task` and nothing more
+    (experiments/run.py's), so the batched launcher may train its jobs through `run_jobs` instead
+    of calling it once per job. (Hydra finds `conf/` from the decorated function's file, so the
+    entry point needs a function of its own.)"""
+    function.project_task = run_task
+    return function
+
+
+def is_project_task(function) -> bool:
+    """Whether the batched launcher may stack this task function's jobs (see `project_task`)."""
+    return getattr(function, "project_task", None) is run_task

@@ -15,8 +15,9 @@ storage and pruner exactly as the sweeper makes them).
 The API is that of an Optuna objective: `report` records the value and asks `should_prune`.
 Reports start at epoch 1 (epoch 0 is the untrained model, whose ~10% accuracy would let a pruner
 with no warm-up cut trials before they trained at all). After the last epoch the value is
-recorded but no pruning decision is taken: a trial that trained all its epochs is complete. A
-non-finite validation accuracy is not reported (the trainer records the run as diverged).
+recorded but no pruning decision is taken: a trial that trained all its epochs is complete. The
+value is the objective's first metric (`val/acc` by default, `conf/objective/`); a non-finite value
+is not reported (the trainer records the run as diverged).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnist_lab.job import optuna_study
+from mnist_lab.records.objective import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,10 @@ def _open_trial(sweeper: Any, number: int) -> Any:
     return optuna.trial.Trial(study, trial_id)
 
 
-def epoch_reporter(epochs: int) -> Reporter | None:
+def epoch_reporter(epochs: int, metric: str = DEFAULT["metrics"][0]) -> Reporter | None:
     """None outside an Optuna study; else `report(epoch, metrics)` for the trainer's epoch hook.
 
-    `report` records `metrics["val/acc"]` as the trial's intermediate value at step `epoch` and,
+    `report` records `metrics[metric]` as the trial's intermediate value at step `epoch` and,
     before the last of the run's `epochs`, raises `optuna.TrialPruned` when the study's pruner
     says so. Epoch 0 and epochs without a finite validation accuracy are skipped.
     """
@@ -115,7 +117,7 @@ def epoch_reporter(epochs: int) -> Reporter | None:
     pruner_name = type(trial.study.pruner).__name__
 
     def report(epoch: int, metrics: dict) -> None:
-        value = metrics.get("val/acc")
+        value = metrics.get(metric)
         if epoch < 1 or value is None or not math.isfinite(value):
             return
         # No decision after the last epoch that runs: the configured last, or the one early
@@ -125,7 +127,7 @@ def epoch_reporter(epochs: int) -> Reporter | None:
             prune = epoch < epochs and not metrics.get("last_epoch") and trial.should_prune()
         if prune:
             raise optuna.TrialPruned(
-                f"pruned by {pruner_name} after epoch {epoch} (val/acc {value:.4f})"
+                f"pruned by {pruner_name} after epoch {epoch} ({metric} {value:.4f})"
             )
 
     return report

@@ -3,26 +3,26 @@
 A file is a plain state dict of tensors written by `torch.save`, so it loads with
 `torch.load(path, weights_only=True)` (no pickled objects) into a model built from the run's
 config; it is written to a temp file and renamed, like the record. While training, the weights of
-the best epoch so far are copied on the device, and only when val/acc improves: the accuracy is a
-host float the evaluation already read, so keeping them adds no synchronisation, and the copy
-reads the same tensors a captured CUDA graph updates.
+the best epoch so far are copied on the device, and only when the objective's metric improves (by
+the record's own rule, `records.objective`): it is a host float the evaluation already read, so
+keeping them adds no synchronisation, and the copy reads the tensors a captured CUDA graph updates.
 
 Which files (`trainer.save_weights`): `final`, `best`, `both` (the final file, plus the best one
 only when another epoch was best; otherwise the record names the final file for both), `none`;
-`auto` is `both` for a single run and `best` in a multirun (a 100-trial study of the default
-search space then keeps about 180 MB instead of up to twice that; README, "Saved models").
+`auto` is `both` for a single run and `best` in a multirun (a study then keeps one file per trial
+instead of up to two; README, "Saved models", has the measured disk cost).
 """
 
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import torch
 
 from mnist_lab.records.files import atomic_write_bytes
 from mnist_lab.records.format import WEIGHTS_FILES
+from mnist_lab.records.objective import Objective
 
 MODES = ("best", "final", "both", "none")
 
@@ -49,18 +49,19 @@ def load_state(path: Path, device) -> dict[str, torch.Tensor]:
 class WeightKeeper:
     """Epoch hook that keeps the best epoch's weights on the device; `save` writes the files."""
 
-    def __init__(self, model, mode: str):
+    def __init__(self, model, mode: str, objective: Objective):
         self.model = model
         self.mode = mode
-        self.best_acc = -math.inf
+        self.objective = objective
+        self.best: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
     def __call__(self, epoch: int, row: dict) -> None:
-        acc = row.get("val/acc", math.nan)
-        if self.mode == "none" or epoch < 1 or not acc > self.best_acc:
-            return  # the same choice as the record's `best`: the first highest val/acc
-        self.best_acc, self.best_epoch = acc, epoch
+        value = row.get(self.objective.metric)
+        if self.mode == "none" or epoch < 1 or not self.objective.better(value, self.best):
+            return  # the record's `best`: the first epoch with the best value
+        self.best, self.best_epoch = value, epoch
         if self.mode == "final" or row.get("last_epoch"):
             return  # not kept, or the model itself holds this epoch's weights: no copy
         state = self.model.state_dict()
@@ -76,7 +77,7 @@ class WeightKeeper:
         files: dict[str, str | None] = {"best": None, "final": None}
         if self.mode == "none":
             return files
-        # No val/acc at all (data.val_size=0): the record's best is the final epoch, too.
+        # No validation at all (data.val_size=0): the record's best is the final epoch, too.
         same = self.best_epoch in (None, final_epoch)
         if self.mode in ("final", "both"):
             save_state(self.model.state_dict(), Path(run_dir) / WEIGHTS_FILES["final"])

@@ -7,19 +7,12 @@ METRICS_FILE = "metrics.csv"
 
 # Trained weights (mnist_lab.job.weights writes them; result.json's `weights` names those that exist).
 WEIGHTS_FILES = {"best": "weights_best.pt", "final": "weights_final.pt"}
-METRICS_COLUMNS = (
-    "epoch",
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "test/loss",
-    "test/acc",
-    "lr",
-    "seconds",
-)
-METRIC_KEYS = METRICS_COLUMNS[1:7]  # what an epoch measures: train/val/test loss and accuracy
-EVAL_KEYS = METRICS_COLUMNS[3:7]  # what an evaluation measures: val/test loss and accuracy
+# An epoch row's keys are its metrics.csv columns, in order, but these: its evaluation time (summed
+# into result.json's `eval_seconds`) and the flag the epoch hooks see (docs/ARCHITECTURE.md).
+ROW_ONLY = ("eval_seconds", "last_epoch")
+# A metric is named `<split>/<name>` (train/loss, val/acc, test/acc, ...); the training split is
+# not measured before training, so `initial` and `best` hold the other splits' metrics.
+TRAIN_SPLIT = "train/"
 
 # 2: `config.model` holds the chosen model's own keys and its `_target_` (no `name`); `choices`
 # names the option picked in each config group (`choices.model`: mlp, scratch, resmlp, ...).

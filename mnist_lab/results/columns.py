@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from mnist_lab.records.objective import Objective
 
 
 def is_accuracy(metric: str) -> bool:
@@ -54,25 +55,13 @@ def typed(value) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class Objective:
-    """What a section's best row is chosen on: `metrics` (a record's `final.<metric>`, or a
-    top-level key such as `param_count`), each maximised or minimised."""
-
-    metrics: tuple[str, ...] = ("val/acc",)
-    directions: tuple[str, ...] = ("maximize",)
-
-    def columns(self, runs: pd.DataFrame) -> list[str]:
-        return [f"final.{m}" if f"final.{m}" in runs else m for m in self.metrics]
-
-    def maximise(self) -> list[bool]:
-        return [d.startswith("max") for d in self.directions]
-
-    def __str__(self) -> str:
-        return ", ".join(f"{m} ({d})" for m, d in zip(self.metrics, self.directions, strict=True))
+def objective_columns(objective: Objective, runs: pd.DataFrame) -> list[str]:
+    """The summary.csv columns of an objective's metrics: a record's `final.<metric>`, or a
+    top-level key such as `param_count`."""
+    return [f"final.{m}" if f"final.{m}" in runs else m for m in objective.metrics]
 
 
-DEFAULT_OBJECTIVE = Objective()
+DEFAULT_OBJECTIVE = Objective.of(None)
 
 
 def _listed(value) -> tuple[str, ...] | None:

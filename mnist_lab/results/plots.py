@@ -59,7 +59,7 @@ class Colours:
         grid = section.grid
         column = f"{metric_label(section.selection[0])} mean" if section.selection else None
         merit = grid[column] if column in grid else pd.Series(np.nan, index=grid.index)
-        up = section.objective.maximise()[0]
+        up = section.objective.maximizes[0]
         order = grid.assign(_merit=merit).sort_values(
             "_merit", ascending=not up, kind="stable", na_position="last"
         )

@@ -34,13 +34,14 @@ import pandas as pd
 from mnist_lab.config.vocabulary import SEED
 from mnist_lab.errors import OutputError
 from mnist_lab.records.files import atomic_write_bytes
+from mnist_lab.records.objective import Objective
 from mnist_lab.results import recipes, stats
 from mnist_lab.results.columns import (
     DEFAULT_OBJECTIVE,
-    Objective,
     is_accuracy,
     metric_label,
     metric_values,
+    objective_columns,
     objectives,
     short,
     typed,
@@ -168,7 +169,7 @@ def mark_best(grid: pd.DataFrame, objective: Objective, columns: list[str]) -> p
     if not len(grid) or not columns:
         return grid
     means = grid[[f"{metric_label(c)} mean" for c in columns]].to_numpy(dtype=float)
-    maximise = objective.maximise()
+    maximise = objective.maximizes
     if len(columns) > 1:
         grid.loc[stats.pareto(means, maximise), "best"] = PARETO_MARK
         return grid
@@ -197,7 +198,7 @@ def section_grid(
     found = recipes.section_keys(done, candidates) if len(done) else recipes.Keys([], {})
     keys = found.columns if by is None else by
     mixed = [c for c in found.columns if c not in keys] if by is not None else []
-    selection = [m for m in objective.columns(runs) if m in runs]
+    selection = [m for m in objective_columns(objective, runs) if m in runs]
     metrics = [m for m in dict.fromkeys([*selection, metric]) if m in runs]
     present = [c for c in recipes.identity(done) if c in done]
     by_keys = spelled[keys] if set(keys) <= set(spelled) else recipes.keyed(done, keys)
@@ -320,7 +321,7 @@ def top_rows(section: Section, n: int) -> tuple[pd.DataFrame | None, str]:
     if not section.selection:  # nothing to rank on: never on the reported metric
         return table.head(n), f"none (no {section.objective.metrics[0]} measured)"
     first = section.grid[f"{metric_label(section.selection[0])} mean"]
-    maximise = section.objective.maximise()[0]
+    maximise = section.objective.maximizes[0]
     order = pd.DataFrame({"front": section.grid["best"] != PARETO_MARK, "value": first})
     order = order.sort_values(
         ["front", "value"], ascending=[True, not maximise], kind="stable", na_position="last"

@@ -33,17 +33,16 @@ from mnist_lab import signals
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.data.dataset import DataTensors
 from mnist_lab.errors import LabError, OutputError
+from mnist_lab.job.build import build
 from mnist_lab.job.figures import (
     confusion_matrix,
     predictions,
     save_confusion,
     save_sample_grid,
 )
-from mnist_lab.job.task import build_trainer
 from mnist_lab.records.files import atomic_write_text
-from mnist_lab.records.format import EVAL_KEYS
 from mnist_lab.saved.run import SavedRun, best_trial_run_dir, load_weights, open_run
-from mnist_lab.train.loop import evaluate
+from mnist_lab.train.evaluation import evaluate
 
 # The storage the project's studies use by default (one source: the search config).
 SEARCH_CONFIG = REPO_ROOT / "conf" / "hparams_search" / "mlp_optuna.yaml"
@@ -56,7 +55,7 @@ def default_storage() -> str:
 
 @dataclass
 class Evaluation:
-    metrics: dict  # val/loss, val/acc, test/loss, test/acc
+    metrics: dict  # val/loss, val/acc, test/loss, test/acc: what the run's epochs measure
     confusion: torch.Tensor  # counts[true, predicted] on the test set
     data: DataTensors
     test_pred: torch.Tensor
@@ -69,15 +68,12 @@ class Evaluation:
 
 def measure(run: SavedRun) -> Evaluation:
     """Loss and accuracy as the run measured them: its data, model, loss and batch size."""
-    trainer = build_trainer(run.cfg)
-    model, data = trainer.learner.model, trainer.data
-    load_weights(run, model, data.test_x.device)
-    batch = run.cfg.data.eval_batch_size
-    val = evaluate(trainer.learner, data.val_x, data.val_y, batch)
-    test = evaluate(trainer.learner, data.test_x, data.test_y, batch)
-    pred = predictions(model, data)
+    built = build(run.cfg)
+    learner, data = built.member.learner, built.data
+    load_weights(run, learner.model, data.test_x.device)
+    pred = predictions(learner.model, data)
     return Evaluation(
-        metrics=dict(zip(EVAL_KEYS, (*val, *test), strict=True)),
+        metrics=evaluate(learner.model, learner.eval_loss, data, run.cfg.data.eval_batch_size),
         confusion=confusion_matrix(data.test_y.cpu(), pred, data.facts.n_classes),
         data=data,
         test_pred=pred,

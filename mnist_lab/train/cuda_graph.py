@@ -1,8 +1,8 @@
 """The training step captured as CUDA graphs and replayed for every full batch.
 
 Why: a 784-128-10 step is a couple of dozen microsecond-scale kernels, so eager PyTorch spends its
-time in Python and kernel launches (about 1.5 s per MNIST epoch on an H100 against about 0.1 s
-replayed; see docs/PERFORMANCE.md). Replaying a graph launches the whole step -- batch gather,
+time in Python and kernel launches; replayed, an epoch takes a small fraction of its eager time
+(docs/PERFORMANCE.md has the figures). Replaying a graph launches the whole step -- batch gather,
 forward, loss, backward, optimizer step, metric sums -- with one call and no host-device sync.
 
 What it needs, and what it does about it:
@@ -23,14 +23,15 @@ import logging
 
 import torch
 
+from mnist_lab.train.epoch import eager_epoch
 from mnist_lab.train.learners import Learner
-from mnist_lab.train.loop import eager_epoch
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3
 # Steps per replay. One replay of 16 captured steps costs one launch and one index copy instead of
-# sixteen of each: 0.108 -> 0.100 s per epoch for the tutorial recipe on an H100 (64 gave 0.0995).
+# sixteen of each; more steps per replay gained nothing measurable and hold more capture memory
+# (docs/PERFORMANCE.md).
 STEPS_PER_GRAPH = 16
 
 
@@ -84,7 +85,8 @@ class GraphEpoch:
         self.hits = torch.zeros(*members, batch_size, dtype=torch.long, device=device)
         self.lr_table = self.lr = None
         if learner.scheduled:
-            self.lr_table = torch.as_tensor(learner.lrs, device=device)
+            # (steps,) for one model; a stack's (steps, K) table, K = 1 included, as (steps, *members)
+            self.lr_table = torch.as_tensor(learner.lrs, device=device).reshape(-1, *members)
             self.lr = torch.zeros(self.steps_per_graph, *members, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.failed: str | None = None

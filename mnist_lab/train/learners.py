@@ -55,8 +55,8 @@ class AutogradLearner(Learner):
     """torch.nn model + torch.optim optimizer: forward, loss, backward, step.
 
     With `compile_batch`, forward and loss for batches of that size go through `torch.compile`
-    (fused kernels: about 10% off a captured step on an H100, for several seconds of compilation
-    per process and shape -- worth it only for long runs; docs/PERFORMANCE.md). Other batch sizes
+    (fused kernels: a faster captured step on a GPU, for seconds of compilation per process and
+    shape -- worth it only for long runs; docs/PERFORMANCE.md has the figures). Other batch sizes
     (the last partial batch) stay uncompiled rather than trigger a second compilation.
     """
 

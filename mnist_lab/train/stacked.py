@@ -7,9 +7,8 @@ initialisation (its model is built by the single-run path and its parameters bec
 stack), its batch order (a (K, n) index tensor, one row per member), its dropout masks, learning
 rate and schedule, and its optimizer settings, held as tensors with one entry per member.
 
-Why forward and backward by hand: autograd and torch.optim cost about twice the maths for these
-small steps on a CPU (0.66 against 0.28 s per tutorial epoch, measured in the issue that asked for
-this module); functorch's vmap over torch.optim does not exist. The layers' backward is short and
+Why forward and backward by hand: for these small steps on a CPU, autograd and torch.optim cost
+more than the maths itself (docs/PERFORMANCE.md, section 1, has the measured epochs); functorch's vmap over torch.optim does not exist. The layers' backward is short and
 reuses `mnist_lab.models.scratch` (activations, softmax + cross-entropy); tests/test_stacked.py checks
 every gradient and every optimizer update against autograd + torch.optim in float64. The updates
 follow torch.optim's single-tensor SGD, Adam and AdamW step for step.
@@ -20,11 +19,9 @@ The step has no host-device synchronisation and branches only on host-known fact
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.models import scratch
@@ -138,8 +135,8 @@ def member_of(learner: Learner) -> Member | None:
 class CrossEntropy:
     """Mean softmax cross-entropy per member, forward with torch's fused log-softmax, backward by
     hand: dL/dz = (softmax(z) - onehot) / B. Five kernels where `scratch.SoftmaxCrossEntropy`
-    (the lab's loss, kept for the scratch model's probability floor) takes fifteen: its forward
-    20 -> 11 us of a 784-128-10 step's ~150 on a CPU (measured). The same maths as
+    (the lab's loss, kept for the scratch model's probability floor) takes fifteen, which roughly
+    halves the loss's share of a small step on a CPU (docs/PERFORMANCE.md). The same maths as
     F.cross_entropy."""
 
     def forward(self, logits, targets):
@@ -161,12 +158,12 @@ def _column(values, like: torch.Tensor, dtype=None) -> torch.Tensor:
 
 
 class StackedLearner(Learner):
-    """K members trained as one (a `Learner` for the trainer's epoch loops).
+    """K members trained as one (the step of `mnist_lab.train.loop` for a stack).
 
     `step(x, y)` takes x (K, B, in) and y (K, B) -- or (B, in) and (B,) when K is 1 -- and returns
     the K mean losses and the (K, B) predictions. `lrs` is a (steps, K) tensor on the device;
-    `set_lr` takes one row of it. `models` are the members' own models, whose parameters are
-    views into the stack, so each can be evaluated, saved or drawn as after a single run.
+    `set_lr` takes one row of it. The members' own models hold views into the stack as their
+    parameters, so each is evaluated, saved or drawn as after a single run, through its own learner.
     """
 
     backward = "manual"
@@ -176,13 +173,11 @@ class StackedLearner(Learner):
         if len(shapes) != 1:
             raise ValueError(f"members of a stack need one shape, got {shapes}")
         self.shape = shapes.pop()
-        self.models = [lrn.model for lrn in learners]
         self.members = members
         ref = members[0].params[0]
         self.device, self.dtype = ref.device, ref.dtype
-        self.rates = [list(lrn.lrs) for lrn in learners]  # host floats, for the records
-        lrs = torch.tensor(self.rates, dtype=self.dtype).T.contiguous()
-        super().__init__(self.models[0], lrs.to(self.device), None)  # max_norm: not stacked
+        lrs = torch.tensor([list(lrn.lrs) for lrn in learners], dtype=self.dtype).T.contiguous()
+        super().__init__(learners[0].model, lrs.to(self.device), None)  # max_norm: not stacked
         self.scheduled = any(lrn.scheduled for lrn in learners)
         self.lr = self.lrs[0].clone()
         self.params = [
@@ -241,25 +236,8 @@ class StackedLearner(Learner):
             )
             self.plain = False
 
-    @property
-    def k(self) -> int:
-        return len(self.members)
-
     def set_lr(self, lr) -> None:
         self.lr.copy_(lr)
-
-    def member_lrs(self, step: int) -> list[float]:
-        """Each member's rate of a step, as its record shows it (not the float32 copy)."""
-        return [rates[step] for rates in self.rates]
-
-    def lr_at(self, step: int) -> float:
-        return self.member_lrs(step)[0]  # a single run's stack of one
-
-    def eval_loss(self, out, y):
-        """Summed loss of one member's outputs, as the single-model learners report it."""
-        if self.shape.prob_floor > 0:
-            return scratch.SoftmaxCrossEntropy(self.shape.prob_floor).forward(out, y) * len(y)
-        return (F.nll_loss if self.shape.log_probs else F.cross_entropy)(out, y, reduction="sum")
 
     def keep_only(self, alive: list[int]) -> None:
         """Drop every member not in `alive` (indices into the current stack) from the stack.
@@ -271,11 +249,9 @@ class StackedLearner(Learner):
         self.params = [pick(p).contiguous() for p in self.params]
         self.state = {k: [pick(t) for t in ts] for k, ts in self.state.items()}
         self.members = [self.members[i] for i in alive]
-        self.models = [self.models[i] for i in alive]
         self.dropout = [self.dropout[i] for i in alive]
         self.rngs = [self.rngs[i] for i in alive] if self.rngs is not None else None
         self.lrs = self.lrs[:, index].contiguous()
-        self.rates = [self.rates[i] for i in alive]
         self.lr = pick(self.lr)
         for k, m in enumerate(self.members):
             m.rebind([p[k] for p in self.params])
@@ -369,7 +345,7 @@ class StackedLearner(Learner):
                 d = d.addcmul(buf, col(self.momentum))
             elif not self.any_nesterov:
                 d = buf
-            else:  # mixed: torch.where is ~9x an addcmul on a CPU, so only when members differ
+            else:  # mixed: torch.where is far slower than addcmul on a CPU; only when members differ
                 d = torch.where(col(self.nesterov), d.addcmul(buf, col(self.momentum)), buf)
         p.addcmul_(d, lr, value=-1)
 
@@ -387,36 +363,6 @@ class StackedLearner(Learner):
         step_size = col((lr.flatten().double() / bias1).view(-1, 1, 1)).to(p.dtype)
         denom = (v.sqrt() / col(bias2_sqrt.view(-1, 1, 1)).to(p.dtype)).add_(col(self.eps))
         p.addcdiv_(m * step_size, denom, value=-1)
-
-    # -- evaluation ---------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[list, list]:
-        """Each member's mean loss and accuracy over (x, y), in chunks, one sync at the end."""
-        k = self.k
-        if len(y) == 0:
-            return [math.nan] * k, [math.nan] * k
-        loss = torch.zeros(k, device=self.device, dtype=torch.float64)
-        correct = torch.zeros(k, device=self.device, dtype=torch.long)
-        w1, b1 = self.params[0], self.params[1]
-        for start in range(0, len(y), batch):
-            xs, target = x[start : start + batch], y[start : start + batch]
-            # The inputs are shared: the first layer is one matrix product for all members.
-            z = (xs @ w1.reshape(-1, w1.shape[-1]).T).view(len(xs), k, -1).transpose(0, 1)
-            z = z + b1.unsqueeze(1)
-            h = self.acts[0].forward(z)
-            for i in range(1, len(self.acts) + 1):
-                w, b = self.params[2 * i], self.params[2 * i + 1]
-                z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-                h = self.acts[i].forward(z) if i < len(self.acts) else z
-            targets = target.expand(k, -1)
-            if self.shape.prob_floor > 0:  # the scratch model's reported (clamped) loss
-                loss += self.criterion.forward(h, targets).double() * len(target)
-            else:  # cross-entropy of the logits: also the NLL of a LogSoftmax head's output
-                ce = F.cross_entropy(h.transpose(1, 2), targets, reduction="none")
-                loss += ce.double().sum(1)
-            correct += (h.argmax(-1) == targets).sum(1)
-        return (loss / len(y)).tolist(), (correct.double() / len(y)).tolist()
 
 
 def stack(learners: list[Learner], rngs: list | None = None) -> StackedLearner | None:
