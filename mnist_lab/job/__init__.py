@@ -19,12 +19,14 @@ from mnist_lab.job.optuna_study import (
     reaching,
     sqlite_path,
 )
+from mnist_lab.job.worker_share import WORKER_ENV, check_devices
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.reading import read_record
 from mnist_lab.signals import raise_pending, stop_status
 
 __all__ = [
     "TRIAL_ENV",
+    "WORKER_ENV",
     "ConfigError",
     "Job",
     "OptunaConfigError",
@@ -33,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "build_pruner",
     "capacity",
+    "check_devices",
     "display_url",
     "from_config",
     "group_key",

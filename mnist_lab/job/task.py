@@ -26,13 +26,12 @@ from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
 from mnist_lab.data.dataset import load_data
 from mnist_lab.errors import ConfigError, LabError, OutputError
-from mnist_lab.job import trial_reporting
+from mnist_lab.job import trial_reporting, worker_share
 from mnist_lab.job.checks import check_config
 from mnist_lab.job.weights import WeightKeeper, resolve_mode
 from mnist_lab.models.build import build_model, count_parameters
 from mnist_lab.records.run_record import RunRecord
 from mnist_lab.signals import install_in_worker, stop_status
-from mnist_lab.train.device import resolve_device
 from mnist_lab.train.learners import AutogradLearner, OwnBackward, ScratchLearner
 from mnist_lab.train.loop import Diverged, Trainer, TrainSettings, batch_plan
 from mnist_lab.train.schedule import lr_table
@@ -153,7 +152,7 @@ def build_trainer(cfg: DictConfig, multirun: bool = False, stackable: bool = Fal
     itself), whatever `trainer.backward` says.
     """
     check_config(cfg)
-    device = resolve_device(cfg.trainer.device)
+    device = worker_share.place(cfg.trainer.device)  # a sweep worker's device and threads
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
     data = load_data(cfg.data, device)
@@ -217,6 +216,7 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
             "multirun": multirun,
         },
         "trial": trial_reporting.trial_identity(),
+        "worker": worker_share.identity(),  # {index, workers} in a sweep's worker process
         "overrides": list(hydra_cfg.overrides.task),
         # The option picked in each config group (model=resmlp, optimizer=adam, ...).
         "choices": {
@@ -230,6 +230,7 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
         "param_count": None,
         "device": None,
         "device_name": None,
+        "threads": None,
         "backward": None,  # autograd | manual (mnist_lab.train.stacked's step) | own (the model's)
         "stopped_early": None,
         "weights": None,  # {"best", "final"}: the weight files a completed run wrote
@@ -242,6 +243,7 @@ def model_facts(model, data) -> dict:
         "param_count": count_parameters(model),
         "device": str(device),
         "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),  # torch's CPU threads while it trained
         "n_train": data.n_train,
         "n_val": len(data.val_y),
         "data": data.fingerprint,  # what the run read: per-file SHA-256 and counts, and an id
