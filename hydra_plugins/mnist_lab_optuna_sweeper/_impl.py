@@ -202,17 +202,15 @@ class OptunaSweeperImpl(Sweeper):
         """Open the study, run it in `workers` processes of this command, report it once."""
         assert self.config is not None
         s = self.settings
+        given = [*arguments, *self.config.hydra.overrides.hydra]
+        command = worker_command([o for o in given if o != "hydra.mode=MULTIRUN"])  # -m adds it
         study, storage = self.open(p)
         fail_stale(study, storage, s.grace_period, this_worker(), set())
         finished, running = counts(study)
         planned = max(0, p.target - finished - running)
         self.announce(study, p, finished, running, planned, f" in {s.workers} workers")
         if planned:
-            given = [*arguments, *self.config.hydra.overrides.hydra]
-            command = worker_command(
-                [o for o in given if o != "hydra.mode=MULTIRUN"],  # what -m adds
-                worker_overrides(str(self.config.hydra.sweep.dir), study.study_name),
-            )
+            command += worker_overrides(str(self.config.hydra.sweep.dir), study.study_name)
             pool = Pool.start(command, s.workers, role, planned)
             pool.wait()
             # A worker killed alone (kill -9, out of memory) leaves its trial RUNNING.

@@ -74,19 +74,32 @@ def role_from_env() -> Role | None:
     return Role(**{k: fields[k] for k in ("command", "index", "planned", "parent")})
 
 
+def _command_gone(signum: int, frame: Any) -> None:
+    """The command's process died: its end of the worker's stderr is closed, so stderr goes to
+    /dev/null (a write would fail the clean-up), then the worker stops as if terminated. Once:
+    Linux sends the signal again as each of the dying command's threads exits."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    signal.raise_signal(signal.SIGTERM)
+
+
 def bind_to_parent(role: Role) -> None:
-    """A worker gets SIGTERM when the command's process dies (Linux), and stops at once if it
-    already has: no worker outlives its command."""
+    """A worker stops (as by SIGTERM: its trial FAIL `terminated`) when the command's process
+    dies, on Linux by `PR_SET_PDEATHSIG`, and at once if it already has: no worker outlives
+    its command."""
+    signal.signal(signal.SIGHUP, _command_gone)  # a worker has no terminal: SIGHUP is the parent
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     if os.getppid() != role.parent:
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGHUP)
 
 
-def worker_command(overrides: Sequence[str], extra: Sequence[str]) -> list[str]:
-    """The command line this process was started with, to start again as a worker, plus `extra`.
+def worker_command(overrides: Sequence[str]) -> list[str]:
+    """The command line this process was started with, to start again as a worker.
 
     `sys.orig_argv` keeps the interpreter's options and `-m module`; when the program replaced
     `sys.argv` (a runner that runs the script in its own process), its `sys.argv` is used. Every
@@ -103,7 +116,7 @@ def worker_command(overrides: Sequence[str], extra: Sequence[str]) -> list[str]:
             f"hydra.sweeper.workers starts this command again for each worker, but {missing[0]!r} "
             f"is not on its command line ({' '.join(command[:4])} ...): run the app from a shell"
         )
-    return [*command, *extra]
+    return command
 
 
 def worker_overrides(sweep_dir: str, study_name: str) -> list[str]:

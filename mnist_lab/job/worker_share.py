@@ -100,8 +100,8 @@ def check_devices(spec: Any, devices: Sequence[str] | None) -> None:
 
 def worker_device(spec: str, share: Share) -> str:
     """What `trainer.device` means for this worker's job (see the module's text)."""
-    check_devices(spec, share.devices)
     if spec != "auto":
+        check_devices(spec, share.devices)  # refused with a device list: it would be dropped
         return spec
     if share.devices:
         return share.devices[share.index % len(share.devices)]
