@@ -66,6 +66,16 @@ def busy_fractions(recs: list[dict], wall: float) -> list[float]:
     return sorted((b / wall for b in busy.values()), reverse=True)
 
 
+def barrier_wait(recs: list[dict], size: int) -> float:
+    """Seconds the processes of a batched launch spent waiting for the slowest job of their
+    batch (jobs `num` k*size ... k*size+size-1 form batch k): the barrier's cost."""
+    batches: dict[int, list[float]] = defaultdict(list)
+    for r in recs:
+        start, end = (datetime.fromisoformat(r[k]) for k in ("started_at", "finished_at"))
+        batches[r["job"]["num"] // size].append((end - start).total_seconds())
+    return sum(max(b) * len(b) - sum(b) for b in batches.values())
+
+
 def trained_on(recs: list[dict]) -> str:
     """The devices and CPU-thread counts the records say their jobs trained with."""
     seen = {(r["device"], r["threads"]) for r in recs if r.get("device") is not None}
@@ -94,7 +104,7 @@ def main() -> None:
         (f"joblib n_jobs={w} (batch barrier)", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={w}"]),
         (f"hydra.sweeper.workers={w}", [f"hydra.sweeper.workers={w}"]),
     ]  # fmt: skip
-    queue, base, rates = None, None, {}
+    queue, base, rates, waited = None, None, {}, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, extra) in enumerate(settings):
             sweep_dir = Path(tmp, f"s{i}")
@@ -108,6 +118,8 @@ def main() -> None:
             rate = args.trials / wall * 60
             base = base or rate
             rates[i] = rate
+            if i == 1:
+                waited = barrier_wait(recs, w)
             pruned = sum(r["status"] == "pruned" for r in recs)
             failed = sum(r["status"] not in ("completed", "pruned") for r in recs)  # diverged
             shown = ", ".join(f"{f:.2f}" for f in busy_fractions(recs, wall))
@@ -116,7 +128,8 @@ def main() -> None:
                 f"| {shown} | {trained_on(recs)} |",
                 flush=True,
             )
-    print(f"\nworkers / joblib: {rates[2] / rates[1]:.2f}x the trials per minute", flush=True)
+    print(f"\nworkers / joblib: {rates[2] / rates[1]:.2f}x the trials per minute")
+    print(f"joblib: {waited:.1f} s of process time waiting for the slowest job of a batch")
     print(json.dumps({"load_after": round(os.getloadavg()[0], 2)}))
 
 

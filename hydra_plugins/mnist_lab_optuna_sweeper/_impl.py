@@ -8,7 +8,9 @@ contracts they serve):
 - `_study_setup`: sampler, pruner, storage and the study, created or loaded to resume;
 - `_launchers`: whether the launcher can start, asked before any trial;
 - `_batches`: ask a batch of trials, launch the ones that compose (`_composing`), tell each
-  outcome (`_telling`);
+  outcome (`_telling`); every count-and-ask is one claim on the storage (`_claim`);
+- `_worker_pool`: `hydra.sweeper.workers=N`, the command's N worker processes of itself (each
+  runs the batches loop with its own batch), their signals, and the command's one report;
 - `_workers`: worker identity, heartbeats, trials left RUNNING by dead sweepers;
 - `_study_report`: the best trial or Pareto front, `optimization_results.yaml`, retrain commands.
 """

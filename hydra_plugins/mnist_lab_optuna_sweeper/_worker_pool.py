@@ -11,9 +11,8 @@ worker waits for another's trial; the claims (`_claim`) keep the count exact.
 The command's process (`Pool`) opens the study, starts the workers, relays their stderr, forwards
 the first Ctrl-C or SIGTERM to them once (they run in their own sessions, so a terminal's Ctrl-C
 reaches them only through it: each stops once, recording its trial `interrupted`/`terminated`),
-waits for them and reports the study once. A worker dies with the command (Linux:
-`PR_SET_PDEATHSIG` sends it SIGTERM), so `kill -9` of the command leaves no worker running; a
-worker killed alone leaves its trial RUNNING until a sibling's or the command's stale-trial check
+waits for them and reports the study once. A worker stops with the command (Linux:
+`PR_SET_PDEATHSIG`), so `kill -9` of the command leaves no worker running; a worker killed alone leaves its trial RUNNING until a sibling's or the command's stale-trial check
 fails it (same machine: at once).
 """
 
@@ -48,9 +47,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 class Role:
     """Who runs the sweep loop in this process: the command itself, or one of its workers."""
 
-    command: (
-        str  # the command's id, in every trial's `worker` attribute (failures are counted by it)
-    )
+    # the command's id, in every trial's `worker` attribute (its failures are counted by it)
+    command: str
     index: int | None = None  # the worker's index; None: the command's own process
     planned: int | None = None  # trials the command set out to run (None: count them here)
     parent: int | None = None  # the command's pid
@@ -127,6 +125,16 @@ def worker_overrides(sweep_dir: str, study_name: str) -> list[str]:
     ]
 
 
+def _say(sink: TextIO, line: str) -> None:
+    """Pass a worker's line on; a closed or broken stderr here must not stop the reading (a
+    worker blocks once a pipe nobody reads is full)."""
+    try:
+        sink.write(line)
+        sink.flush()
+    except (OSError, ValueError):
+        pass
+
+
 @dataclass
 class Worker:
     index: int
@@ -139,10 +147,9 @@ class Worker:
         worker's last line is its one-line reason, which the command says once for it."""
         assert self.proc.stderr is not None
         last = None
-        for line in self.proc.stderr:
+        for line in self.proc.stderr:  # read to the end, whatever happens to the sink
             if last is not None:
-                sink.write(last)
-                sink.flush()
+                _say(sink, last)
             last = line
         self.last_line = last
 
@@ -178,6 +185,7 @@ class Pool:
                     env=env,
                     stderr=subprocess.PIPE,
                     text=True,
+                    errors="replace",  # a line that is not UTF-8 is still a line
                     start_new_session=True,  # signals reach it through the command only
                 )
                 worker = Worker(index, proc)
@@ -220,7 +228,7 @@ class Pool:
                 worker.relay.join()
                 worker.relay = None
                 if worker.proc.returncode == 0 and worker.last_line:
-                    sys.stderr.write(worker.last_line)  # nothing to explain: pass it on
+                    _say(sys.stderr, worker.last_line)  # nothing to explain: pass it on
 
     def failures(self) -> list[str]:
         """Why workers ended other than by finishing their part, one line each."""
