@@ -10,10 +10,11 @@ Like with like: joblib and workers run the baseline's N trial configurations (en
 order), so the three settings train the same models; which trials the pruner stops depends on the
 order they finish in, and the table says how many (and how many failed: a large learning rate
 diverges). Wall time is the whole command (start-up,
-data load, the summary at the end); a process's busy fraction is the time its jobs ran (from
+data load, the summary at the end), of which "until the first job" is the start-up: the command
+to its first trial's record; a process's busy fraction is the time its jobs ran (from
 their records: started_at to finished_at) over the command's wall time.
 
-Usage: python benchmarks/sweep_workers.py [--trials 24] [--epochs 3] [--subset 5000]
+Usage: python benchmarks/sweep_workers.py [--trials 24] [--epochs 3] [--subset 20000]
        [--workers 2] [--device auto]
 """
 
@@ -24,7 +25,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from _cli import device_line, records, run_cli
@@ -86,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--subset", type=int, default=5000)
+    parser.add_argument("--subset", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -96,9 +97,9 @@ def main() -> None:
         f"hparams_search=mlp_optuna: {args.trials} trials x {args.epochs} epochs, "
         f"data.train_subset={args.subset}\n"
     )
-    print("| setting | wall s | trials/min | vs basic | pruned / failed | busy fraction per "
-          "process | device x threads |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| setting | wall s | until the first job s | trials/min | vs basic | pruned / failed "
+          "| busy fraction per process | device x threads |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     settings = [
         ("basic launcher (baseline)", ["hydra/launcher=basic", "hydra.sweeper.sampler.seed=0"]),
         (f"joblib n_jobs={w} (batch barrier)", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={w}"]),
@@ -111,8 +112,11 @@ def main() -> None:
             argv = study_args(
                 Path(tmp), f"s{i}", args.trials, args.epochs, args.subset, args.device
             )
+            began = datetime.now(timezone.utc)
             wall = run_cli([*argv, *extra, *([queue] if queue else [])], sweep_dir)
             recs = [r for r in records(sweep_dir) if r.get("trial")]
+            first = min(datetime.fromisoformat(r["started_at"]) for r in recs)
+            start_up = (first - began).total_seconds()
             assert len(recs) == args.trials, f"{label}: {len(recs)} trial records"
             queue = queue or enqueued(recs)
             rate = args.trials / wall * 60
@@ -124,8 +128,8 @@ def main() -> None:
             failed = sum(r["status"] not in ("completed", "pruned") for r in recs)  # diverged
             shown = ", ".join(f"{f:.2f}" for f in busy_fractions(recs, wall))
             print(
-                f"| {label} | {wall:.1f} | {rate:.1f} | {rate / base:.2f}x | {pruned} / {failed} "
-                f"| {shown} | {trained_on(recs)} |",
+                f"| {label} | {wall:.1f} | {start_up:.1f} | {rate:.1f} | {rate / base:.2f}x "
+                f"| {pruned} / {failed} | {shown} | {trained_on(recs)} |",
                 flush=True,
             )
     print(f"\nworkers / joblib: {rates[2] / rates[1]:.2f}x the trials per minute")

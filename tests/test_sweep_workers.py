@@ -286,6 +286,8 @@ def in_process_sweep(tmp_path):
         (["hydra.sweeper.devices=[cpu]", "trainer.device=cpu"], "hydra.sweeper.devices=['cpu'] "
          "is not allowed: gives each worker its device where trainer.device=auto, and this job "
          "has trainer.device=cpu"),
+        (["hydra.sweeper.devices=[cpu,gpu0]"], "hydra.sweeper.devices=['cpu', 'gpu0'] is not "
+         "allowed: one of auto, cpu, cuda, cuda:N, mps"),
         (["hydra.sweeper.workers=2", "+STORAGE"], "hydra.sweeper.workers starts this command "
          "again for each worker, but 'x=interval(0, 1)' is not on its command line"),
     ],
