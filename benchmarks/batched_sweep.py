@@ -8,7 +8,7 @@ batch 128, printed as "to measure" where no CUDA device is available. On the CPU
 the basic launcher with `trainer.backward=autograd`: its jobs trained by autograd + torch.optim,
 as every single run was before the hand-written step became the CPU default.
 
-Usage: python benchmarks/batched_sweep.py [--epochs 2] [--gpu-trials 32]
+Usage: python benchmarks/batched_sweep.py [--epochs 2] [--gpu-trials 32] [--gpu-only]
 """
 
 from __future__ import annotations
@@ -34,15 +34,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--gpu-trials", type=int, default=32)
+    parser.add_argument("--gpu-only", action="store_true", help="the GPU row alone")
     args = parser.parse_args()
     import torch
+
+    if args.gpu_only and not torch.cuda.is_available():
+        raise SystemExit("--gpu-only: no CUDA device here")
 
     print(device_line(), f"load {os.getloadavg()[0]:.2f}")
     print("| setting | launcher | wall s | model-epochs/s | vs basic | mean val acc |")
     print("|---|---|---|---|---|---|")
     cpu = ["lr=0.005,0.01,0.02,0.05", "seed=0,1,2,3", f"epochs={args.epochs}"]
     cpu.append("trainer.device=cpu")
-    rows = [("CPU 16 x 784-128-10 b32", cpu, 16)]
+    rows = [] if args.gpu_only else [("CPU 16 x 784-128-10 b32", cpu, 16)]
     if torch.cuda.is_available():
         n = args.gpu_trials
         gpu = ["hidden=1024", "batch_size=128", f"epochs={args.epochs}", f"seed=range(0,{n})"]

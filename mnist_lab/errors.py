@@ -10,7 +10,7 @@ class LabError(Exception):
 class ConfigError(LabError):
     def __init__(self, key: str, value, allowed: str):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
-        self.key = key
+        self.key, self.allowed = key, allowed
 
 
 class DataError(LabError):

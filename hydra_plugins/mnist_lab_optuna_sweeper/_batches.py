@@ -2,9 +2,10 @@
 that compose through Hydra's launcher (with heartbeats), and tell every outcome.
 
 Finished + running trials are counted in the storage before every ask, so reruns top the study up
-and concurrent workers (which count each other's running trials) overshoot by at most a racing
-ask. Whatever stops a batch (Ctrl-C, SIGTERM, a launcher error) tells its unfinished trials FAIL
-and is re-raised: no trial is left RUNNING.
+and concurrent workers count each other's running trials; the count, the ask and the sampler's
+proposal are one claim (`_claim`), so no number of workers makes the study overshoot. Whatever
+stops a batch (Ctrl-C, SIGTERM, a launcher error) tells its unfinished trials FAIL and is
+re-raised: no trial is left RUNNING.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from optuna.trial import TrialState
 
 from mnist_lab.job import one_line
 
+from ._claim import Claim
 from ._composing import composable, job_overrides
 from ._errors import SweeperError
 from ._search_space import Param
@@ -70,6 +72,7 @@ class Batches:
     heartbeat_interval: float
     size: int
     n_objectives: int
+    claim: Claim
     job_idx: int = 0
     in_flight: set[int] = field(default_factory=set)
 
@@ -83,15 +86,16 @@ class Batches:
         batch: Batch = []
         try:
             while len(batch) < self.size:
-                finished, running = counts(self.study)
-                if finished + running >= target:
-                    break
-                trial = self.study.ask()
-                self.in_flight.add(trial.number)
-                batch.append((trial, []))
-                self._propose(trial)
-                if self.extend is not None:
-                    self.extend(self.config, trial)
+                with self.claim.held():
+                    finished, running = counts(self.study)
+                    if finished + running >= target:
+                        break
+                    trial = self.study.ask()
+                    self.in_flight.add(trial.number)
+                    batch.append((trial, []))
+                    self._propose(trial)
+                    if self.extend is not None:
+                        self.extend(self.config, trial)
                 overrides = job_overrides(
                     trial, self.fixed, by_name, self.config, self.url, self.worker
                 )

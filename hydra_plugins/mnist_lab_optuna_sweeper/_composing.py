@@ -14,7 +14,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from mnist_lab.job import TRIAL_ENV, one_line
+from mnist_lab.job import TRIAL_ENV, WORKER_ENV, one_line
 
 from ._search_space import Param, quote, render_value
 from ._telling import tell
@@ -35,8 +35,11 @@ def job_overrides(
 
     Every job gets `hydra.sweep.subdir=trial_NNNN` (never reused: a sweep dir shared with another
     study gets a suffix), its trial number in `hydra.job.env_set`, the resolved study name and
-    (when the sweeper made it absolute) the storage URL, which `mnist_lab.job.trial_reporting` reads to report to the same trial. The trial's
-    user attributes get the worker, a first heartbeat, the task overrides and the run folder.
+    (when the sweeper made it absolute) the storage URL, which `mnist_lab.job.trial_reporting`
+    reads to report to the same trial; a job of one of `hydra.sweeper.workers` also gets its
+    worker's index there, from which `mnist_lab.job.worker_share` gives it its device and CPU
+    threads. The trial's user attributes get the worker, a first heartbeat, the task overrides
+    and the run folder.
     """
     task = list(fixed)
     for name, value in trial.params.items():
@@ -57,6 +60,8 @@ def job_overrides(
         f"++hydra.job.env_set.{TRIAL_ENV}='{trial.number}'",
         f"hydra.sweeper.study_name={quote(trial.study.study_name)}",
     ]
+    if worker.get("index") is not None:
+        hydra.append(f"++hydra.job.env_set.{WORKER_ENV}='{worker['index']}'")
     if url is not None and url != config.hydra.sweeper.storage:
         # Only a URL the sweeper changed (a relative SQLite path made absolute): anything else
         # the job composes itself, so a password passed as `${oc.env:...}` stays out of its

@@ -26,6 +26,8 @@ class Settings:
     storage: str | None
     study_name: str | None
     n_trials: int
+    workers: int
+    devices: list[str] | None
     n_jobs: int | None
     max_failure_rate: float
     params: Mapping[str, Any] | None
@@ -68,6 +70,14 @@ class Settings:
             raise _bad("n_trials", self.n_trials, "an integer >= 0")
         if self.n_jobs is not None and (not isinstance(self.n_jobs, int) or self.n_jobs < 1):
             raise _bad("n_jobs", self.n_jobs, "null or an integer >= 1")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise _bad("workers", self.workers, "an integer >= 1")
+        if self.devices is not None:
+            if isinstance(self.devices, ListConfig):
+                self.devices = OmegaConf.to_container(self.devices)
+            listed = isinstance(self.devices, list) and self.devices
+            if not listed or not all(isinstance(d, str) and d for d in self.devices):
+                raise _bad("devices", self.devices, "null or a list of devices, e.g. [cuda:0, cpu]")
         rate = self.max_failure_rate
         if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise _bad("max_failure_rate", rate, "a number in [0, 1]")

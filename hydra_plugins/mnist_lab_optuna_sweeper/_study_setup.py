@@ -45,12 +45,18 @@ def is_grid(cfg: Any) -> bool:
 
 
 def build_sampler(
-    cfg: Any, grid: dict[str, list[Any]] | None = None
+    cfg: Any, grid: dict[str, list[Any]] | None = None, parallel: bool = False
 ) -> optuna.samplers.BaseSampler:
+    """The sampler; with `parallel` (trials in several worker processes) a sampler that has a
+    constant liar (TPE) uses it unless the config set it: a running trial counts as a bad one,
+    so workers do not propose the same point while each other's trials run."""
     target = setting(cfg, "_target_")
     if target in REMOVED_SAMPLERS:
         raise SweeperError(f"hydra.sweeper.sampler: {REMOVED_SAMPLERS[target]}")
-    extra = {"search_space": grid} if grid is not None else {}
+    extra: dict[str, Any] = {"search_space": grid} if grid is not None else {}
+    if parallel and isinstance(cfg, (Mapping, DictConfig)) and "constant_liar" in cfg:
+        if setting(cfg, "constant_liar") is None:
+            extra["constant_liar"] = True
     try:
         return from_config(cfg, **extra)
     except OptunaConfigError as e:

@@ -45,6 +45,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def failed_by(study: optuna.Study, command: str) -> list[FrozenTrial]:
+    """The study's failed trials that this command's workers ran (their `worker.command`)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if (t.user_attrs.get("worker") or {}).get("command") == command
+    ]
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 

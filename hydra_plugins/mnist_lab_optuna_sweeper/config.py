@@ -161,8 +161,16 @@ class OptunaSweeperConf:
     # Total number of finished (complete, pruned or failed) trials the study should have: a rerun
     # with a larger value tops the study up, one with the same value only reports it.
     n_trials: int = 20
+    # Worker processes that run the study together: the command starts N processes of itself on
+    # the same storage, each asking its next trial the moment its previous one ends (no batch
+    # barrier), and ends with one report. Needs a storage they share (not null).
+    workers: int = 1
+    # With trainer.device=auto, worker i trains on devices[i mod len], e.g. [cuda:0, cuda:2]
+    # (null: cuda:(i mod #GPUs) where there are GPUs); on the CPU each worker gets a share of
+    # the cores (torch threads).
+    devices: list[str] | None = None
     # Trials asked and launched together (the launcher may run them in parallel). null: the
-    # launcher's n_jobs when it has one (joblib), else 1.
+    # launcher's n_jobs when it has one (joblib), else 1. In a worker: its own batch.
     n_jobs: int | None = None
     # The sweep stops (exit status 1) once more than this fraction of the trials it set out to run
     # have failed. 0 stops at the first failure, 1 never stops early.

@@ -20,6 +20,7 @@ from mnist_lab.job.optuna_study import (
     sqlite_path,
 )
 from mnist_lab.job.task import Job, is_project_task, run_jobs
+from mnist_lab.job.worker_share import WORKER_ENV, check_devices
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.objective import Objective
 from mnist_lab.records.reading import read_record
@@ -27,6 +28,7 @@ from mnist_lab.signals import raise_pending, stop_status
 
 __all__ = [
     "TRIAL_ENV",
+    "WORKER_ENV",
     "ConfigError",
     "Job",
     "Objective",
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_write_text",
     "build_pruner",
     "capacity",
+    "check_devices",
     "display_url",
     "from_config",
     "group_key",

@@ -21,10 +21,10 @@ from torch import nn
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.data.dataset import DataTensors, load_data
 from mnist_lab.errors import ConfigError
+from mnist_lab.job import worker_share
 from mnist_lab.job.checks import check_config
 from mnist_lab.models.build import build_model, count_parameters
 from mnist_lab.records.objective import Objective
-from mnist_lab.train.device import resolve_device
 from mnist_lab.train.epoch import batch_plan
 from mnist_lab.train.learners import AutogradLearner, Learner, OwnBackward, ScratchLearner
 from mnist_lab.train.loop import EarlyStopping, Member, Trainer, TrainSettings
@@ -112,7 +112,7 @@ def train_settings(cfg: DictConfig, multirun: bool) -> TrainSettings:
 def build(cfg: DictConfig, multirun: bool = False) -> Built:
     """Check the config, load the data, build the model and its own learner on the device."""
     check_config(cfg)
-    device = resolve_device(cfg.trainer.device)
+    device = worker_share.place(cfg.trainer.device)  # a sweep worker's device and threads
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
     data = load_data(cfg.data, device)
@@ -199,6 +199,7 @@ def model_facts(model, data: DataTensors) -> dict:
         "param_count": count_parameters(model),
         "device": str(device),
         "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),  # torch's CPU threads while it trained
         "n_train": data.n_train,
         "n_val": len(data.val_y),
         "data": data.fingerprint,  # what the run read: per-file SHA-256 and counts, and an id

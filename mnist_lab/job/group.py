@@ -16,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.data.dataset import dataset_facts
+from mnist_lab.job import worker_share
 from mnist_lab.job.build import build_learner
 from mnist_lab.job.checks import check_config
 from mnist_lab.models.build import build_model
 from mnist_lab.train import stacked
-from mnist_lab.train.device import resolve_device
 
 FLOAT_BYTES = 4
 
@@ -47,7 +47,7 @@ def group_key(cfg: DictConfig) -> str | None:
     """
     try:
         member = _probe(cfg)
-        device = str(resolve_device(cfg.trainer.device))
+        device = str(worker_share.device_for(cfg.trainer.device))
     except Exception:  # the job's own run reports what is wrong with it
         return None
     if member is None:
@@ -88,6 +88,6 @@ def free_memory(device: torch.device) -> int:
 
 def capacity(cfg: DictConfig, memory_fraction: float, max_batch: int | None) -> int:
     """How many members of this job's group fit in `memory_fraction` of the free memory (>= 1)."""
-    device = resolve_device(cfg.trainer.device)
+    device = worker_share.device_for(cfg.trainer.device)
     fits = int(free_memory(device) * memory_fraction // bytes_per_member(cfg))
     return max(1, min(fits, max_batch) if max_batch else fits)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
 from mnist_lab.errors import LabError, OutputError
-from mnist_lab.job import trial_reporting
+from mnist_lab.job import trial_reporting, worker_share
 from mnist_lab.job.build import Built, build, model_facts, trainer_for
 from mnist_lab.job.weights import WeightKeeper, resolve_mode
 from mnist_lab.records.run_record import RunRecord
@@ -64,6 +64,7 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
             "multirun": multirun,
         },
         "trial": trial_reporting.trial_identity(),
+        "worker": worker_share.identity(),  # {index, workers} in a sweep's worker process
         "overrides": list(hydra_cfg.overrides.task),
         # The option picked in each config group (model=resmlp, optimizer=adam, ...).
         "choices": {
@@ -77,6 +78,7 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
         "param_count": None,
         "device": None,
         "device_name": None,
+        "threads": None,
         "backward": None,  # autograd | manual (mnist_lab.train.stacked's step) | own (the model's)
         "cuda_graph": None,  # whether the step ran as a captured CUDA graph (null: not tried)
         "stopped_early": None,

@@ -5,21 +5,25 @@ exercised), `mode` picks the outcome: value (x + y) | two ([x, x + y]) | raise |
 return_inf | return_string | return_none | diverged | failed_record | interrupt (Ctrl-C) |
 terminate (SIGTERM's exception) | nan_acc (val/acc reported as NaN, then x) | sleep (`sleep`
 seconds, then x). `name` is echoed into the record (values with spaces and commas).
-Writes a result.json shaped like the real one (docs/ARCHITECTURE.md).
+Writes a result.json shaped like the real one (docs/ARCHITECTURE.md), with its writer's pid,
+when the job started and finished (a worker's busy intervals), and in a sweep worker its worker,
+device and threads, placed as the real task places them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.job import trial_reporting
+from mnist_lab.job import trial_reporting, worker_share
 from mnist_lab.signals import Terminated
 
 
@@ -31,6 +35,7 @@ def _write(out: Path, record: dict) -> None:
 def task(cfg: DictConfig):
     out = Path(HydraConfig.get().runtime.output_dir)
     started = time.perf_counter()
+    device = worker_share.place(cfg.trainer.device)
     record = {
         "schema_version": 1,
         "status": "running",
@@ -42,6 +47,11 @@ def task(cfg: DictConfig):
         "epochs_run": 0,
         "final": {},
         "best": {},
+        "writer": {"pid": os.getpid()},
+        "worker": worker_share.identity(),
+        "device": str(device),
+        "threads": worker_share.torch.get_num_threads(),
+        "started_at": datetime.now(timezone.utc).isoformat(),
     }
     reporter = trial_reporting.epoch_reporter(cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
@@ -74,7 +84,7 @@ def task(cfg: DictConfig):
         record.update(status="failed", reason="ConfigError: hidden=0 is not allowed")
         _write(out, record)
         return 0.5
-    record["status"] = "completed"
+    record.update(status="completed", finished_at=datetime.now(timezone.utc).isoformat())
     _write(out, record)
     return {
         "value": cfg.x + cfg.y,
