@@ -116,6 +116,18 @@ def test_submitit_local_launcher(postgres_server, postgres_url, tmp_path):
     _assert_no_password(tmp_path, postgres_server.password)
 
 
+def test_optunas_storage_warnings_keep_their_first_line(caplog):
+    """Optuna's storage logs a lost connection's whole SQLAlchemy error (SQL, parameters, the
+    driver's hint) as a warning before the error reaches the sweeper; inside `reaching` the
+    terminal gets its first line only, so an outage still ends in one line of ours."""
+    from mnist_lab.job.optuna_study import reaching
+
+    storage_log = optuna.logging.get_logger("optuna.storages._rdb.storage")
+    with caplog.at_level("WARNING"), reaching("postgresql://lab:pw@db/optuna"):
+        storage_log.warning("Caught an error: %s.\n[SQL: SELECT 1]\n\tThis probably means", "lost")
+    assert [r.getMessage() for r in caplog.records] == ["Caught an error: lost."]
+
+
 def test_a_storage_outage_ends_the_sweep_in_one_line_and_the_resume_completes(
     postgres_server, postgres_url, tmp_path
 ):

@@ -9,6 +9,7 @@ plain runs never pay for it.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -206,9 +207,24 @@ def unavailable(url: str | None, error: BaseException) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: {display_url(url)} ({why})")
 
 
+class _FirstLine(logging.Filter):
+    """Keeps the first line of a multi-line record: Optuna's storage logs a database error whole
+    (its SQL and parameters) as a warning before the error reaches `reaching`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = message.splitlines()[0], None
+        return True
+
+
+_FIRST_LINE = _FirstLine()
+
+
 @contextmanager
 def reaching(url: str | None) -> Iterator[None]:
     """Storage calls whose connection failure becomes `StorageUnavailable` (one line)."""
+    logging.getLogger("optuna.storages._rdb.storage").addFilter(_FIRST_LINE)  # added once
     try:
         yield
     except Exception as e:
