@@ -26,7 +26,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_lab.config.schema import CONF_DIR
+from mnist_lab.config.schema import CONF_DIR, register
 from mnist_lab.data.dataset import dataset_of
 from mnist_lab.data.idx import CACHE
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         data_cfg = compose("config").data
     root = Path(data_cfg.root)

@@ -91,7 +91,6 @@ def baseline_epochs(device: torch.device, epochs: int, max_batches: int | None) 
 
 def harness_epochs(device_spec: str, epochs: int, *extra: str) -> tuple[list[float], str]:
     overrides = [f"trainer.device={device_spec}", "data.val_size=0", f"epochs={epochs}", *extra]
-    register()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     trainer = build_trainer(cfg)
@@ -119,6 +118,7 @@ def main() -> None:
         help="time only this many baseline batches per epoch and scale up (saves time on CPU)",
     )
     args = parser.parse_args()
+    register()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
