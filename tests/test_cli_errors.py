@@ -8,6 +8,7 @@ in-process, so that 40 cases cost seconds; a few cases also run as real subproce
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import optuna
@@ -164,3 +165,27 @@ def test_sweep_whose_trials_fail_exits_1(cli_main):
     assert code == 1, output
     assert output.splitlines()[-1].startswith("stopping the sweep: 1 of the trials it ran failed")
     assert "Traceback" not in output
+
+
+LOG_FORMAT = re.compile(r"^\[[^]]*\]\[[^]]*\]\[(WARNING|ERROR|CRITICAL)\]", re.MULTILINE)
+QUICK = ("epochs=1", "data.train_subset=200", "trainer.device=cpu")
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "first_line"),
+    [
+        (["hiden=128"], 2, "unknown key hiden (did you mean hidden?)"),  # found by Hydra
+        (["data.root=/nonexistent"], 2, "data.root=/nonexistent: no such folder;"),  # by the job
+        (["lr=1e9", *QUICK], 3, "run diverged: train/loss became nan in epoch 1 (record in "),
+        (["-m", "hidden=0", *QUICK], 0, "job failed: model.hidden_sizes[0]=0 is not allowed"),
+        ([*OPTUNA, "hydra.sweeper.n_trials=1", "hidden=0", *QUICK], 1, "job failed: model.hidden"),
+    ],
+    ids=["compose", "job refuses", "diverged", "multirun job", "study"],
+)
+def test_every_error_is_a_plain_line_on_stderr(cli_main, args, status, first_line):
+    """Errors Hydra finds, errors a job finds (logged) and a sweep's warnings: one format."""
+    code, output = cli_main(*args)
+    out, err = cli_main.streams
+    assert code == status, output
+    assert err.startswith(first_line), err
+    assert not LOG_FORMAT.search(output), output
