@@ -189,3 +189,20 @@ def test_every_error_is_a_plain_line_on_stderr(cli_main, args, status, first_lin
     assert code == status, output
     assert err.startswith(first_line), err
     assert not LOG_FORMAT.search(output), output
+
+
+def test_help_lists_the_groups_and_knobs_one_line_each(cli_main):
+    code, output = cli_main("--help", "model=resmlp", "hidden=64")
+    assert code == 0, output
+    groups = output.split("Config groups (group=option):\n")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in groups.splitlines() if not line.startswith("    ")]
+    for group in ("data", "model", "optimizer", "scheduler", "trainer", "objective"):
+        assert group in listed, groups
+    for group in ("experiment", "hparams_search", "hydra/sweeper/sampler", "hydra/launcher"):
+        assert group in listed, groups
+    assert "schema" not in output and "hydra/job_logging" not in output  # internal groups
+    assert "  model                  the network (now resmlp): mlp, resmlp, scratch" in groups
+    assert "optimizer" in groups and "adam, adamw, rmsprop, sgd" in groups
+    for knob in ("hidden=64 ", "lr=0.01 ", "batch_size=32 ", "epochs=10 ", "seed=0 "):
+        assert f"\n  {knob}" in output, output
+    assert "is powered by Hydra" not in output and "== Config ==" not in output
