@@ -77,7 +77,7 @@ CASES = [
         "folder /nonexistent/dir does not exist (make it first;",
     ),
 ]
-# Launchers that cannot start: refused before any trial is asked (the README's Slurm recipe on a
+# Launchers that cannot start: refused before any trial is asked (docs/SWEEPS.md's Slurm recipe on a
 # machine without Slurm, a joblib launcher with no workers).
 LAUNCHERS = [
     (

@@ -1,4 +1,4 @@
-"""The README's scale-out recipes against a real PostgreSQL server (the `postgres_server` fixture):
+"""The scale-out recipes of docs/SWEEPS.md against a real PostgreSQL server (the `postgres_server` fixture):
 two sweep processes on one study, Hydra's joblib launcher with 2 workers, and Hydra's submitit
 launcher with its local executor (each trial its own process, as on Slurm minus the scheduler).
 
@@ -23,7 +23,7 @@ from mnist_lab.records.reading import read_record
 
 RUN_PY = Path(__file__).resolve().parent.parent / "experiments" / "run.py"
 EPOCHS = 2
-# The README's recipe: the URL comes from the environment, never from the command line.
+# The recipe of docs/SWEEPS.md: the URL comes from the environment, never from the command line.
 RECIPE = [
     "-m",
     "hparams_search=mlp_optuna",
