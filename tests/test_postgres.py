@@ -139,9 +139,11 @@ def test_a_storage_outage_ends_the_sweep_in_one_line_and_the_resume_completes(
         postgres_server.resume()
     output = (tmp_path / "outage.out").read_text()
     assert proc.returncode == 1 and "Traceback" not in output, output
+    # Plain lines: the running job's own error, then the command's one line naming the storage.
     said = [line for line in output.splitlines() if line.strip() and not line.startswith("[")]
-    assert len(said) == 1 and said[0].startswith("storage unavailable: postgresql://lab:***@")
-    assert "rerun the same command to resume" in said[0]
+    assert said[-1].startswith("storage unavailable: postgresql://lab:***@"), output
+    assert "rerun the same command to resume" in said[-1]
+    assert all(line.startswith("job failed: storage unavailable: ") for line in said[:-1]), output
     assert postgres_server.password not in output
     _finish([_start(tmp_path, postgres_url, "resumed", *extra)])
     trials = optuna.load_study(study_name="outage", storage=postgres_url).get_trials()
