@@ -72,6 +72,7 @@ CASES = [
     ([*OPTUNA, "hydra.sweeper.storage=postgresql://u:secret@127.0.0.1:1/x"], "storage"),
     ([*OPTUNA, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed=abc"),
     (["-m", "optimizer=adam,lbfgsx"], "options of optimizer:"),
+    (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg, --info and --shell_completion"),
     (
         [*OPTUNA, "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"],
         "folder /nonexistent/dir does not exist (make it first;",
