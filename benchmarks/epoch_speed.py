@@ -1,10 +1,10 @@
 """Seconds per training epoch of the tutorial recipe, harness against the tutorials' own code.
 
-Recipe (seed 000): 784-128-10 ReLU, cross-entropy, SGD lr 0.01, batch 32, shuffled, inputs normalised
+Recipe (experiment=tutorial_relu128_sgd): 784-128-10 ReLU, cross-entropy, SGD lr 0.01, batch 32, shuffled, inputs normalised
 with 0.1307/0.3081, all 60,000 training images (no validation split, so both sides do the same work).
 
   baseline   torchvision MNIST + ToTensor/Normalize/flatten transforms + DataLoader, the loop
-             written the way the write-ups in shared/seeds write it (loss.item() every step)
+             written the way the write-ups the presets cite write it (loss.item() every step)
   eager      the harness: resident normalised tensors, batches cut by index, eager steps (on the
              CPU by default the hand-written step of mnist_lab.train.stacked: trainer.backward=auto)
   eager, autograd  the same with trainer.backward=autograd (autograd + torch.optim; CPU only)

@@ -1,7 +1,7 @@
 """The lab's eight-configuration grid end to end through the CLI, wall-clock seconds with Hydra.
 
 `python experiments/run.py -m experiment=lab_grid seed=0`: the from-scratch MLP over the eight
-(hidden, lr, batch, epochs) rows of shared/seeds/003, 210 epochs in all, batch sizes 16-128.
+(hidden, lr, batch, epochs) rows of the lab report (experiment=lab_scratch_relu128), 210 epochs in all, batch sizes 16-128.
 The baseline, in the same run, is the same grid with eager steps (trainer.cuda_graph=off) for one
 epoch per row, its per-epoch time scaled to the row's epoch count (an eager full grid would take
 minutes of accelerator time to say the same thing).

@@ -23,17 +23,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from _cli import REPO, run_cli  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from mnist_lab.results import runs as summary_runs
 
-PRESETS = {
-    "tutorial_relu128_sgd": "000_1fcf68b5044499e5.txt",
-    "deep64x3_adam_nll": "001_f9664743e7cc2bc1.txt",
-    "sigmoid128x256_sgd_unshuffled": "002_165cdad8f75b8962.txt",
-    "lab_scratch_relu128": "003_2b930a5284e316a8.txt",
-    "relu256_adam_half": "004_95e85af1384f45a8.txt",
-}
+PRESETS = (
+    "tutorial_relu128_sgd",
+    "deep64x3_adam_nll",
+    "sigmoid128x256_sgd_unshuffled",
+    "lab_scratch_relu128",
+    "relu256_adam_half",
+)
 TOLERANCE = 0.6  # accuracy points
+
+
+def source(preset: str) -> str:
+    """The write-up a preset reproduces, as its `preset.source` cites it (title, author, figure)."""
+    return OmegaConf.load(REPO / "conf" / "experiment" / f"{preset}.yaml").preset.source
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
@@ -127,13 +133,13 @@ def main() -> None:
     preset_runs = {p: runs[runs["preset"] == p] for p in PRESETS}
     grid_runs = runs[runs["preset"] == "lab_grid"]
     presets = summarise(pd.concat(preset_runs.values()), "preset")
-    presets["source"] = [f"shared/seeds/{PRESETS[p]}" for p in presets.index]
     extra = " ".join(args.extra)
     presets["command"] = [
         f"`python experiments/run.py -m experiment={p} {seeds} {extra}`".replace("  ", " ")
         for p in presets.index
     ]
     lines += ["## Presets", "", presets.to_markdown(), ""]
+    lines += [f"- `{p}`: {source(p)}" for p in PRESETS] + [""]
     first = preset_runs["tutorial_relu128_sgd"]
     after_one = first[first["epoch"] == 1]["test/acc"] * 100
     lines += [

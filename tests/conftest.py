@@ -137,7 +137,8 @@ def run_cli(tmp_path):
 @pytest.fixture
 def cli_main(tmp_path, monkeypatch, capsys):
     """`cli_main(*args) -> (exit status, printed text)`: experiments/run.py run in this process
-    as `python experiments/run.py *args` runs it (its storage and folders under tmp_path)."""
+    as `python experiments/run.py *args` runs it (its storage and folders under tmp_path);
+    `cli_main.streams` is the last run's (stdout, stderr)."""
     monkeypatch.chdir(tmp_path)  # the Optuna cases' default storage lands here
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
@@ -159,6 +160,7 @@ def cli_main(tmp_path, monkeypatch, capsys):
             code = stop.code
         os.environ.pop("HYDRA_FULL_ERROR", None)
         captured = capsys.readouterr()
+        _run.streams = captured.out, captured.err
         return code, captured.out + captured.err
 
     yield _run

@@ -8,6 +8,7 @@ in-process, so that 40 cases cost seconds; a few cases also run as real subproce
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import optuna
@@ -71,12 +72,13 @@ CASES = [
     ([*OPTUNA, "hydra.sweeper.storage=postgresql://u:secret@127.0.0.1:1/x"], "storage"),
     ([*OPTUNA, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed=abc"),
     (["-m", "optimizer=adam,lbfgsx"], "options of optimizer:"),
+    (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg, --info and --shell_completion"),
     (
         [*OPTUNA, "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"],
         "folder /nonexistent/dir does not exist (make it first;",
     ),
 ]
-# Launchers that cannot start: refused before any trial is asked (the README's Slurm recipe on a
+# Launchers that cannot start: refused before any trial is asked (docs/SWEEPS.md's Slurm recipe on a
 # machine without Slurm, a joblib launcher with no workers).
 LAUNCHERS = [
     (
@@ -164,3 +166,44 @@ def test_sweep_whose_trials_fail_exits_1(cli_main):
     assert code == 1, output
     assert output.splitlines()[-1].startswith("stopping the sweep: 1 of the trials it ran failed")
     assert "Traceback" not in output
+
+
+LOG_FORMAT = re.compile(r"^\[[^]]*\]\[[^]]*\]\[(WARNING|ERROR|CRITICAL)\]", re.MULTILINE)
+QUICK = ("epochs=1", "data.train_subset=200", "trainer.device=cpu")
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "first_line"),
+    [
+        (["hiden=128"], 2, "unknown key hiden (did you mean hidden?)"),  # found by Hydra
+        (["data.root=/nonexistent"], 2, "data.root=/nonexistent: no such folder;"),  # by the job
+        (["lr=1e9", *QUICK], 3, "run diverged: train/loss became nan in epoch 1 (record in "),
+        (["-m", "hidden=0", *QUICK], 0, "job failed: model.hidden_sizes[0]=0 is not allowed"),
+        ([*OPTUNA, "hydra.sweeper.n_trials=1", "hidden=0", *QUICK], 1, "job failed: model.hidden"),
+    ],
+    ids=["compose", "job refuses", "diverged", "multirun job", "study"],
+)
+def test_every_error_is_a_plain_line_on_stderr(cli_main, args, status, first_line):
+    """Errors Hydra finds, errors a job finds (logged) and a sweep's warnings: one format."""
+    code, output = cli_main(*args)
+    out, err = cli_main.streams
+    assert code == status, output
+    assert err.startswith(first_line), err
+    assert not LOG_FORMAT.search(output), output
+
+
+def test_help_lists_the_groups_and_knobs_one_line_each(cli_main):
+    code, output = cli_main("--help", "model=resmlp", "hidden=64")
+    assert code == 0, output
+    groups = output.split("Config groups (group=option):\n")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in groups.splitlines() if not line.startswith("    ")]
+    for group in ("data", "model", "optimizer", "scheduler", "trainer", "objective"):
+        assert group in listed, groups
+    for group in ("experiment", "hparams_search", "hydra/sweeper/sampler", "hydra/launcher"):
+        assert group in listed, groups
+    assert "schema" not in output and "hydra/job_logging" not in output  # internal groups
+    assert "  model                  the network (now resmlp): mlp, resmlp, scratch" in groups
+    assert "optimizer" in groups and "adam, adamw, rmsprop, sgd" in groups
+    for knob in ("hidden=64 ", "lr=0.01 ", "batch_size=32 ", "epochs=10 ", "seed=0 "):
+        assert f"\n  {knob}" in output, output
+    assert "is powered by Hydra" not in output and "== Config ==" not in output

@@ -394,8 +394,8 @@ def test_cli_damaged_cache_is_remade_and_the_record_names_the_data_trained_on(
         ]
     )
     assert proc.returncode == 0, proc.output
-    (warning,) = [line for line in proc.output.splitlines() if "WARNING" in line]
-    assert f"remaking the unpacked copy {copy}" in warning
+    (warning,) = proc.stderr.splitlines()  # a plain line on stderr, like every warning
+    assert warning.startswith(f"remaking the unpacked copy {copy}"), proc.output
     record = json.loads((proc.run_dir / "result.json").read_text())
     assert record["status"] == "completed" and record["final"]["test/acc"] > 0.5
     assert record["data"] == shipped and record["data"]["id"] == SHIPPED_ID

@@ -1,4 +1,4 @@
-"""Every shipped sampler with every shipped search config, and the README's sweep commands.
+"""Every shipped sampler with every shipped search config, and the sweep commands of the README and docs/.
 
 Compose-only for every cell (in-process, the sweeper's own `plan_study`: everything it checks
 before a trial), then a few cells run end to end through the real entry point in this process
@@ -72,8 +72,10 @@ def test_every_sampler_composes_with_every_search(sampler, search):
 
 
 def readme_commands() -> list[list[str]]:
-    """The README's Optuna sweeps (`python experiments/run.py -m hparams_search=...`)."""
-    text = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
+    """The Optuna sweeps (`python experiments/run.py -m hparams_search=...`) of the README and the
+    pages in docs/."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages).replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
         line = line.strip()

@@ -1,7 +1,7 @@
 """The behaviours of Hydra's official Optuna sweeper, checked on our plugin with small apps of our
 own modelled on its three examples (tests/apps: sphere.py, custom_space.py, binh_korn.py), each
 run as a subprocess: the results file a script reads, the search space a config describes, the
-grid's trial counts and the failure policy (README, "Compatibility with Hydra's Optuna sweeper")."""
+grid's trial counts and the failure policy (docs/SWEEPS.md, "Compatibility with Hydra's Optuna sweeper")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's scale-out recipes against a real PostgreSQL server (the `postgres_server` fixture):
+"""The scale-out recipes of docs/SWEEPS.md against a real PostgreSQL server (the `postgres_server` fixture):
 two sweep processes on one study, Hydra's joblib launcher with 2 workers, and Hydra's submitit
 launcher with its local executor (each trial its own process, as on Slurm minus the scheduler).
 
@@ -23,7 +23,7 @@ from mnist_lab.records.reading import read_record
 
 RUN_PY = Path(__file__).resolve().parent.parent / "experiments" / "run.py"
 EPOCHS = 2
-# The README's recipe: the URL comes from the environment, never from the command line.
+# The recipe of docs/SWEEPS.md: the URL comes from the environment, never from the command line.
 RECIPE = [
     "-m",
     "hparams_search=mlp_optuna",
@@ -151,9 +151,11 @@ def test_a_storage_outage_ends_the_sweep_in_one_line_and_the_resume_completes(
         postgres_server.resume()
     output = (tmp_path / "outage.out").read_text()
     assert proc.returncode == 1 and "Traceback" not in output, output
+    # Plain lines: the running job's own error, then the command's one line naming the storage.
     said = [line for line in output.splitlines() if line.strip() and not line.startswith("[")]
-    assert len(said) == 1 and said[0].startswith("storage unavailable: postgresql://lab:***@")
-    assert "rerun the same command to resume" in said[0]
+    assert said[-1].startswith("storage unavailable: postgresql://lab:***@"), output
+    assert "rerun the same command to resume" in said[-1]
+    assert all(line.startswith("job failed: storage unavailable: ") for line in said[:-1]), output
     assert postgres_server.password not in output
     _finish([_start(tmp_path, postgres_url, "resumed", *extra)])
     trials = optuna.load_study(study_name="outage", storage=postgres_url).get_trials()

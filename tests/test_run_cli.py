@@ -12,6 +12,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from mnist_lab.config.schema import REPO_ROOT
+from mnist_lab.job.task import where_it_is
+
 # metrics.csv of a run with the evaluation's default metrics (mnist_lab.train.evaluation)
 METRICS_COLUMNS = (
     "epoch",
@@ -129,6 +132,15 @@ def test_one_epoch_run_on_real_mnist(run_cli):
     assert_png(run_dir / "samples.png")
     assert_png(run_dir / "confusion.png")
 
+    # The last lines say where everything is: the folder (relative to the working directory, the
+    # command's cwd here), the weights, and the command that evaluates them.
+    folder, weights, evaluate = proc.stdout.splitlines()[-3:]
+    assert folder == "run folder: run (result.json, metrics.csv, run.log)"
+    assert result["weights"] == {"best": "weights_final.pt", "final": "weights_final.pt"}
+    assert weights == "weights: run/weights_final.pt (last epoch, also the best on val/acc)"
+    assert (run_dir / "weights_final.pt").is_file()
+    assert evaluate == f"evaluate: python {REPO_ROOT / 'experiments' / 'evaluate.py'} run"
+
 
 def test_two_job_multirun_in_dated_sweep_folder(run_cli, tmp_path):
     """With the config's own output folders (relative to cwd = tmp_path, never the repo)."""
@@ -186,7 +198,9 @@ def test_single_diverged_run_is_recorded_and_exits_non_zero(run_cli):
     )
     assert proc.returncode != 0, proc.output
     assert "Traceback" not in proc.output
-    assert "diverged" in proc.output
+    # Its one line is plain, on stderr, like every error (no log format)
+    assert proc.stderr.startswith("run diverged: train/loss became"), proc.output
+    assert "[ERROR]" not in proc.output and "run folder:" not in proc.output
     rows, result = assert_complete_record(proc.run_dir, param_count=784 * 16 + 16 + 170)
     assert result["status"] == "diverged"
     assert re.search(r"\b(nan|inf)\b", result["reason"])
@@ -222,3 +236,16 @@ def test_bad_and_diverged_jobs_do_not_stop_the_sweep(run_cli):
             assert status == "diverged" and re.search(r"\b(nan|inf)\b", reason), key
         else:
             assert status == "completed" and reason is None, key
+
+
+def test_a_single_runs_last_lines_name_each_weights_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [str(REPO_ROOT / "experiments" / "run.py")])
+    both = {"best": "weights_best.pt", "final": "weights_final.pt"}
+    lines = where_it_is(tmp_path / "r", both, "val/loss", "both").splitlines()
+    assert (
+        lines[1] == "weights: r/weights_best.pt (best on val/loss), r/weights_final.pt (last epoch)"
+    )
+    assert lines[2].endswith("experiments/evaluate.py r")
+    lines = where_it_is(tmp_path / "r", {"best": None, "final": None}, "val/acc", "none")
+    assert lines.splitlines()[1:] == ["weights: none (trainer.save_weights=none)"]

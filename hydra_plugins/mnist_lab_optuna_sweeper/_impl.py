@@ -314,7 +314,7 @@ class OptunaSweeperImpl(Sweeper):
             if not batch:
                 break
             batches.run(batch)
-            # Over the trials the command set out to run, whichever worker ran them (README,
+            # Over the trials the command set out to run, whichever worker ran them (docs/SWEEPS.md,
             # compatibility), not per batch.
             failed = failed_by(study, role.command)
             if len(failed) > s.max_failure_rate * planned:

@@ -3,8 +3,8 @@
 `override hydra/sweeper: optuna` selects `OptunaSweeperConf`; the samplers live in the
 `hydra/sweeper/sampler` group (default `tpe`) and the pruners in `hydra/sweeper/pruner` (default
 `none`). Keys are those of Hydra's official Optuna sweeper, so a search space written for it works
-after pointing `_target_` at this class (README, "Compatibility with Hydra's Optuna sweeper", lists
-every difference). A sampler or pruner key left `null` is not passed, so the installed Optuna's own
+after pointing `_target_` at this class (docs/SWEEPS.md, "Compatibility with Hydra's Optuna sweeper",
+lists every difference). A sampler or pruner key left `null` is not passed, so the installed Optuna's own
 default applies (and changing `_target_` never passes another class's keys). A key that takes an
 object (`independent_sampler`, `source_trials`) takes a `{_target_: ...}` node, which is
 instantiated; a key that takes a function (`constraints_func`) takes a dotted path or such a node.

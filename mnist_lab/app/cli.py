@@ -124,6 +124,9 @@ def explain(error: Exception) -> tuple[list[str], int] | None:
         return [f"cannot write {where or 'the output'}: {what}"], EXIT_BAD_INPUT
     if isinstance(error, ValueError) and "override" in str(error):
         return [_first_line(error), OVERRIDE_FORMS], EXIT_BAD_INPUT
+    if isinstance(error, ValueError) and str(error).startswith("Only one of --run"):
+        hint = "--cfg job prints the config of one job: leave -m out to see a sweep's"
+        return [_first_line(error), hint], EXIT_BAD_INPUT  # Hydra's flags: -m with --cfg job
     return None
 
 

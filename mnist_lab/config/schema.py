@@ -190,3 +190,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("unique", _unique_suffix, use_cache=True)
     if not OmegaConf.has_resolver("repo_path"):
         OmegaConf.register_new_resolver("repo_path", _repo_path)
+    if not OmegaConf.has_resolver("lab_groups"):  # `run.py --help`: conf/hydra/help/lab.yaml
+        from mnist_lab.config.help import groups_help, knobs_help
+
+        OmegaConf.register_new_resolver("lab_groups", groups_help)
+        OmegaConf.register_new_resolver("lab_knobs", knobs_help)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -160,6 +162,10 @@ class RecordedRun:
         wall = time.perf_counter() - self.started
         if error is None:
             record.finish("completed", wall_seconds=wall)
+            if not multirun:
+                built = self.built
+                metric, setting = built.objective.metric, built.cfg.trainer.save_weights.value
+                print(where_it_is(run_dir, record.facts["weights"], metric, setting), flush=True)
             return value
         if isinstance(error, Diverged):
             record.finish("diverged", str(error), wall_seconds=wall)
@@ -190,6 +196,36 @@ class RecordedRun:
             log.error("%s", reason)
             raise SystemExit(2) from None
         raise e
+
+
+def _shown(path: Path) -> str:
+    """A path as the user types it: relative to the working directory when it lies under it."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+def where_it_is(run_dir: Path, weights: dict, metric: str, setting: str) -> str:
+    """A single run's last lines: its folder, its weight files and the command that evaluates
+    them (a study's report says the same of its best trial)."""
+    folder = _shown(run_dir)
+    best, final = weights.get("best"), weights.get("final")
+    if best is None and final is None:
+        saved = f"none (trainer.save_weights={setting})"
+    elif best == final or final is None or best is None:
+        when = "best on " + metric if final is None else "last epoch"
+        when += ", also the best on " + metric if best == final else ""
+        saved = f"{os.path.join(folder, best or final)} ({when})"
+    else:
+        saved = (
+            f"{os.path.join(folder, best)} (best on {metric}), "
+            f"{os.path.join(folder, final)} (last epoch)"
+        )
+    lines = [f"run folder: {folder} (result.json, metrics.csv, run.log)", f"weights: {saved}"]
+    evaluate = Path(sys.argv[0] or "experiments/run.py").with_name("evaluate.py")
+    if (best or final) and evaluate.is_file():
+        command = ["python", _shown(evaluate.resolve()), folder]
+        lines.append(f"evaluate: {' '.join(shlex.quote(part) for part in command)}")
+    return "\n".join(lines)
 
 
 def _unwritable(multirun: bool, error: OutputError):

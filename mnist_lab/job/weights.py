@@ -10,7 +10,7 @@ keeping them adds no synchronisation, and the copy reads the tensors a captured 
 Which files (`trainer.save_weights`): `final`, `best`, `both` (the final file, plus the best one
 only when another epoch was best; otherwise the record names the final file for both), `none`;
 `auto` is `both` for a single run and `best` in a multirun (a study then keeps one file per trial
-instead of up to two; README, "Saved models", has the measured disk cost).
+instead of up to two; docs/CONFIG.md, "Saved models", has the measured disk cost).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The lab report's MLP with hand-written forward and backward: tensor ops only, no autograd.
 
-Source: shared/seeds/003_2b930a5284e316a8.txt (MyLinear, ReLU, Softmax + cross-entropy, `w -= lr *
-grad`). Each layer below keeps its forward and its backward side by side, as in micrograd, and
+Source: Charles, "Lab 3: 手写数字识别", a lab report (MyLinear, ReLU, Softmax + cross-entropy,
+`w -= lr * grad`). Each layer below keeps its forward and its backward side by side, as in micrograd, and
 tests/test_scratch.py checks every backward against autograd in float64.
 
 Nothing here touches autograd, torch.nn or torch.optim: parameters never require grad and every
