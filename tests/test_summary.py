@@ -806,7 +806,9 @@ def test_callback_summarises_its_sweep_and_nothing_else(lab, capsys):
         not (lab / "summary.csv").exists() and not (lab / "multiruns" / "B" / "grid.csv").exists()
     )
     report = capsys.readouterr().out
-    assert "sweep A (3 rows, best on val/acc first):" in report
+    # what the sweep's runs share is said beside its table, as in summary.md
+    heading = "sweep A (3 rows, best on val/acc first):"
+    assert f"{heading}\nSame in every completed run: epochs=3, data.id=eee3ce93c2df.\n" in report
     assert "best on val/acc: hidden=32 lr=0.1" in report
     assert f"all runs under {lab}/: python experiments/summarize.py" in report
 

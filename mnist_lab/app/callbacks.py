@@ -83,9 +83,9 @@ class SummarizeCallback(Callback):
 
 
 def terminal_report(result, sweep_dir: Path, root: Path) -> str:
-    """The sweep's grid (best rows on its objective first), its best rows, and where the files
-    are."""
-    from mnist_lab.results.summary import top_rows
+    """The sweep's grid (best rows on its objective first) with what its runs share, its best
+    rows, and where the files are."""
+    from mnist_lab.results.summary import same_line, top_rows
 
     lines = [""]
     for section in result.sections:
@@ -99,11 +99,10 @@ def terminal_report(result, sweep_dir: Path, root: Path) -> str:
             else f"{len(table)} rows"
         )
         objective = section.objective.metrics[0]
-        lines += [
-            f"{section.name} ({shown}, best on {objective} first):",
-            table.to_markdown(index=False, disable_numparse=True),
-            "",
-        ]
+        lines.append(f"{section.name} ({shown}, best on {objective} first):")
+        if section.same:  # a result on a subset or a preset must not read as the default's
+            lines.append(same_line(section))
+        lines += [table.to_markdown(index=False, disable_numparse=True), ""]
         pick = "Pareto-optimal on" if section.pareto else "best on"
         lines.append(f"{pick} {', '.join(section.objective.metrics)}: {best}")
     lines.append(f"files: {sweep_dir / 'summary.md'} (and summary.csv, grid.csv, PNGs beside it)")

@@ -338,6 +338,12 @@ def _counts(runs: pd.DataFrame) -> str:
     return ", ".join(f"{n} {status}" for status, n in statuses.items()) or "none"
 
 
+def same_line(section: Section) -> str:
+    """What every completed run of the section shares beyond the default config."""
+    same = ", ".join(f"{short(k)}={typed(v)}" for k, v in section.same.items())
+    return f"Same in every completed run: {same}."
+
+
 def section_markdown(section: Section) -> list[str]:
     lines = [f"## {section.name}", "", f"Runs: {_counts(section.runs)}."]
     if not len(section.grid):
@@ -351,8 +357,7 @@ def section_markdown(section: Section) -> list[str]:
         mark = PARETO_MARK if section.pareto else BEST_MARK
         lines.append(f"Objective: {section.objective}; {mark} follows it.")
     if section.same:
-        same = ", ".join(f"{short(k)}={typed(v)}" for k, v in section.same.items())
-        lines.append(f"Same in every completed run: {same}.")
+        lines.append(same_line(section))
     if section.mixed:
         lines.append(
             f"Rows pool runs that also differ in: {', '.join(map(short, section.mixed))} "

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,7 +62,7 @@ def task(cfg: DictConfig):
         if reporter is not None:
             try:
                 reporter(epoch, {"val/acc": math.nan if cfg.mode == "nan_acc" else acc})
-            except BaseException as e:  # optuna.TrialPruned: partial record, then re-raise
+            except optuna.TrialPruned as e:  # a partial record, then re-raise (not a signal)
                 record.update(status="pruned", reason=str(e))
                 _write(out, record)
                 raise
