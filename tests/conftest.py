@@ -32,6 +32,12 @@ from mnist_lab.train.loop import EarlyStopping, Member, Trainer, TrainSettings
 
 register()  # as every entry point does before Hydra composes
 
+# A shell starts a background command (`pytest &`) with SIGINT ignored, and the commands these
+# tests start inherit that, so they keep ignoring Ctrl-C, as they should; the signal tests test
+# Ctrl-C as a terminal delivers it, so the suite behaves the same however it was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
 RUN_PY = REPO / "experiments" / "run.py"
