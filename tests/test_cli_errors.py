@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from mnist_lab.app.cli import explain
+from mnist_lab.config.schema import CONF_DIR
 from mnist_lab.errors import OutputError, SweepFailed
 
 OPTUNA = ("-m", "hparams_search=mlp_optuna")
@@ -207,3 +208,19 @@ def test_help_lists_the_groups_and_knobs_one_line_each(cli_main):
     for knob in ("hidden=64 ", "lr=0.01 ", "batch_size=32 ", "epochs=10 ", "seed=0 "):
         assert f"\n  {knob}" in output, output
     assert "is powered by Hydra" not in output and "== Config ==" not in output
+
+
+def test_composing_a_job_does_not_list_the_groups(monkeypatch):
+    """The help's group list is made when the help is printed, not on every composition (the
+    template is resolved once while Hydra merges its own config; a multirun composes each job
+    twice)."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.config import help as lab_help
+
+    listed = []
+    monkeypatch.setattr(lab_help, "_groups", lambda parent="": listed.append(parent) or ["data"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["hidden=64"], return_hydra_config=True)
+        assert listed == []
+        assert "\n  data " in cfg.hydra.help.template and listed == [""]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.config.vocabulary import KNOBS
 
@@ -56,8 +56,17 @@ def _lines(rows: list[tuple[str, str]]) -> str:
     return "\n".join(wrapped)
 
 
+def _composed(root: DictConfig) -> bool:
+    """Whether Hydra has finished composing. OmegaConf also resolves the template while Hydra
+    merges its own config over it, before `hydra.runtime` exists: listing the groups there would
+    cost every composition (two per job of a multirun) what a `--help` costs, for nothing."""
+    return OmegaConf.select(root, "hydra.runtime.choices") is not None
+
+
 def groups_help(*, _root_: DictConfig) -> str:
     """A line per group: what it picks, the option used now, and its options."""
+    if not _composed(_root_):
+        return ""
     help_cfg = _root_.hydra.help
     described = dict(help_cfg.groups)
     shown = [g for g in _groups() if g.split("/")[0] not in HIDDEN_GROUPS]
@@ -73,4 +82,6 @@ def groups_help(*, _root_: DictConfig) -> str:
 
 def knobs_help(*, _root_: DictConfig) -> str:
     """One line per short knob: `name=value` as composed, and what it sets."""
+    if not _composed(_root_):
+        return ""
     return _lines([(f"{k.name}={_root_.get(k.name)}", k.help) for k in KNOBS])
