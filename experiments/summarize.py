@@ -20,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+from mnist_lab import signals
 from mnist_lab.app.callbacks import configured_settings, names
 from mnist_lab.errors import LabError
 from mnist_lab.results.summary import summarize
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as e:
         print(f"summarize: error: {e}", file=sys.stderr)
         return 2
-    print(result.markdown)
+    try:
+        print(result.markdown)
+    except BrokenPipeError:  # `summarize.py | head`: the files are written already
+        return signals.stdout_closed()
     return 0
 
 

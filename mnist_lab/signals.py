@@ -92,3 +92,16 @@ def install_in_worker() -> None:
     its job records `terminated` too; a no-op where a handler is already set."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         install()
+
+
+# What a shell shows for a command its reader left (`... | head`): killed by SIGPIPE.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+
+
+def stdout_closed() -> int:
+    """The reader of standard output went away (`python experiments/summarize.py | head`): there
+    is nobody to tell, so nothing more is printed (Python would fail again flushing stdout at
+    exit); returns the status of a process that SIGPIPE ended, as `cat` gets."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED

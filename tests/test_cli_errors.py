@@ -224,3 +224,27 @@ def test_composing_a_job_does_not_list_the_groups(monkeypatch):
         cfg = compose("config", ["hidden=64"], return_hydra_config=True)
         assert listed == []
         assert "\n  data " in cfg.hydra.help.template and listed == [""]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["experiments/run.py", "--help"], ["experiments/summarize.py", "nowhere", "--no-plots"]],
+)
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(command, tmp_path):
+    """`... | head`: the reader has what it wanted; no traceback and no error line, and the
+    status of a process SIGPIPE ended (141), as a shell shows for `cat`."""
+    import subprocess
+    import sys
+
+    (tmp_path / "nowhere").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(CONF_DIR.parent / command[0]), *command[1:]],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before the command writes a line
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr

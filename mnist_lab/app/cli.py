@@ -178,6 +178,8 @@ def run(entry: Callable[[], object]) -> None:
         _finish_stopped_jobs(status, f"stopped by {name}")
         _say([f"stopped by {name}: the running jobs are recorded {status!r}"])
         raise SystemExit(code) from None
+    except BrokenPipeError:  # `run.py --help | head`: the reader has what it wanted
+        raise SystemExit(signals.stdout_closed()) from None
     except Exception as e:
         known = None if full_report else explain(e)
         if known is None:

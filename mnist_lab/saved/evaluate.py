@@ -197,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {picture}")
             return 0
         result = measure(run)
+        written = write_outputs(run, result, out)  # before printing: a closed pipe loses nothing
         print(report(run, result))
-        written = write_outputs(run, result, out)
         print("wrote " + ", ".join(str(p) for p in written))
     except LabError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `evaluate.py RUN | head`
+        return signals.stdout_closed()
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line and 130 / 143, as run.py
         _, code = signals.stop_status(e)
         print(f"evaluate: stopped by {'SIGTERM' if code == 143 else 'SIGINT'}", file=sys.stderr)
