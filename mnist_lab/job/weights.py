@@ -24,8 +24,6 @@ from mnist_lab.records.files import atomic_write_bytes
 from mnist_lab.records.format import WEIGHTS_FILES
 from mnist_lab.records.objective import Objective
 
-MODES = ("best", "final", "both", "none")
-
 
 def resolve_mode(setting: str, multirun: bool) -> str:
     if setting == "auto":
