@@ -21,8 +21,8 @@ from torch import nn
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.data.dataset import DataTensors, load_data
 from mnist_lab.errors import ConfigError
-from mnist_lab.job import worker_share
 from mnist_lab.job.checks import check_config
+from mnist_lab.job.worker_share import place
 from mnist_lab.models.build import build_model, count_parameters
 from mnist_lab.records.objective import Objective
 from mnist_lab.train.epoch import batch_plan
@@ -112,7 +112,7 @@ def train_settings(cfg: DictConfig, multirun: bool) -> TrainSettings:
 def build(cfg: DictConfig, multirun: bool = False) -> Built:
     """Check the config, load the data, build the model and its own learner on the device."""
     check_config(cfg)
-    device = worker_share.place(cfg.trainer.device)  # a sweep worker's device and threads
+    device = place(cfg.trainer.device)  # a sweep worker's device and threads
     _set_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision.value)
     data = load_data(cfg.data, device)

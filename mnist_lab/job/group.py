@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.data.dataset import dataset_facts
-from mnist_lab.job import worker_share
 from mnist_lab.job.build import build_learner
 from mnist_lab.job.checks import check_config
+from mnist_lab.job.worker_share import device_for
 from mnist_lab.models.build import build_model
 from mnist_lab.train import stacked
 
@@ -47,7 +47,7 @@ def group_key(cfg: DictConfig) -> str | None:
     """
     try:
         member = _probe(cfg)
-        device = str(worker_share.device_for(cfg.trainer.device))
+        device = str(device_for(cfg.trainer.device))
     except Exception:  # the job's own run reports what is wrong with it
         return None
     if member is None:
@@ -88,6 +88,6 @@ def free_memory(device: torch.device) -> int:
 
 def capacity(cfg: DictConfig, memory_fraction: float, max_batch: int | None) -> int:
     """How many members of this job's group fit in `memory_fraction` of the free memory (>= 1)."""
-    device = worker_share.device_for(cfg.trainer.device)
+    device = device_for(cfg.trainer.device)
     fits = int(free_memory(device) * memory_fraction // bytes_per_member(cfg))
     return max(1, min(fits, max_batch) if max_batch else fits)

@@ -30,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab.config.checks import parse_switch
 from mnist_lab.config.knobs import check_knobs
 from mnist_lab.errors import LabError, OutputError
-from mnist_lab.job import trial_reporting, worker_share
 from mnist_lab.job.build import Built, build, model_facts, trainer_for
+from mnist_lab.job.trial_reporting import epoch_reporter, trial_identity
 from mnist_lab.job.weights import WeightKeeper, resolve_mode
+from mnist_lab.job.worker_share import identity as worker_identity
 from mnist_lab.records.run_record import RunRecord
 from mnist_lab.signals import install_in_worker, stop_status
 from mnist_lab.train.loop import Diverged
@@ -65,8 +66,8 @@ def run_facts(cfg: DictConfig, hydra_cfg) -> dict:
             "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
             "multirun": multirun,
         },
-        "trial": trial_reporting.trial_identity(),
-        "worker": worker_share.identity(),  # {index, workers} in a sweep's worker process
+        "trial": trial_identity(),
+        "worker": worker_identity(),  # {index, workers} in a sweep's worker process
         "overrides": list(hydra_cfg.overrides.task),
         # The option picked in each config group (model=resmlp, optimizer=adam, ...).
         "choices": {
@@ -115,7 +116,7 @@ class RecordedRun:
             mode = resolve_mode(cfg.trainer.save_weights.value, self.multirun)
             self.keeper = WeightKeeper(model, mode, built.objective)
             hooks = [record.add_epoch]
-            reporter = trial_reporting.epoch_reporter(cfg.trainer.epochs, built.objective.metric)
+            reporter = epoch_reporter(cfg.trainer.epochs, built.objective.metric)
             if reporter is not None:
                 hooks.append(reporter)
             built.member.hooks = [*hooks, self.keeper]

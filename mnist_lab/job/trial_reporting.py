@@ -27,7 +27,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from mnist_lab.job import optuna_study
+from mnist_lab.job.optuna_study import (
+    TRIAL_ENV,
+    build_pruner,
+    in_memory_storage,
+    open_storage,
+    reaching,
+)
 from mnist_lab.records.objective import DEFAULT
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ def _study_context() -> tuple[Any, int] | None:
     if not HydraConfig.initialized():  # called outside a Hydra job
         return None
     hydra_cfg = HydraConfig.get()
-    number = hydra_cfg.job.get("env_set", {}).get(optuna_study.TRIAL_ENV)
+    number = hydra_cfg.job.get("env_set", {}).get(TRIAL_ENV)
     sweeper = hydra_cfg.get("sweeper")
     if number is None or sweeper is None or sweeper.get("study_name") is None:
         return None
@@ -70,7 +76,7 @@ def _open_trial(sweeper: Any, number: int) -> Any:
 
     name, url = sweeper.study_name, sweeper.get("storage")
     if url is None:
-        storage = optuna_study.in_memory_storage(name)
+        storage = in_memory_storage(name)
         if storage is None:
             log.warning(
                 "trial %d: the study is kept in memory by another process "
@@ -81,13 +87,13 @@ def _open_trial(sweeper: Any, number: int) -> Any:
     else:
         storage = _STORAGES.get(url)
         if storage is None:
-            storage = _STORAGES[url] = optuna_study.open_storage(url)
+            storage = _STORAGES[url] = open_storage(url)
     # The job never samples; a RandomSampler makes opening the trial cheap.
     study = optuna.load_study(
         study_name=name,
         storage=storage,
         sampler=optuna.samplers.RandomSampler(),
-        pruner=optuna_study.build_pruner(sweeper.get("pruner")),
+        pruner=build_pruner(sweeper.get("pruner")),
     )
     study_id = storage.get_study_id_from_name(name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
@@ -107,7 +113,7 @@ def epoch_reporter(epochs: int, metric: str = DEFAULT["metrics"][0]) -> Reporter
     import optuna
 
     url = context[0].get("storage")
-    with optuna_study.reaching(url):  # a storage that stopped answering: one line, no traceback
+    with reaching(url):  # a storage that stopped answering: one line, no traceback
         trial = _open_trial(*context)
     if trial is None:
         return None
@@ -122,7 +128,7 @@ def epoch_reporter(epochs: int, metric: str = DEFAULT["metrics"][0]) -> Reporter
             return
         # No decision after the last epoch that runs: the configured last, or the one early
         # stopping ends on (the trainer flags it); such a trial is complete.
-        with optuna_study.reaching(url):
+        with reaching(url):
             trial.report(float(value), step=epoch)
             prune = epoch < epochs and not metrics.get("last_epoch") and trial.should_prune()
         if prune:
