@@ -73,26 +73,27 @@ def violations() -> set[tuple[str, str]]:
 
 
 def core_graph() -> dict[str, set[str]]:
-    """mnist_lab module (dotted below the package, e.g. `job.task`) -> the mnist_lab modules it
-    imports (`from mnist_lab.job import task` counts as `job.task`)."""
+    """mnist_lab module (dotted below the package, e.g. `job.task`; a package by its own name,
+    `job`, for its `__init__`) -> the mnist_lab modules it imports. `from mnist_lab.job import
+    task` counts as `job.task` and as `job`: it runs the package's `__init__` to find `task`."""
+
+    def dotted(path: str) -> str:
+        return ".".join(Path(path).with_suffix("").parts[1:]).removesuffix(".__init__")
+
     graph = {}
-    known = {
-        ".".join(Path(path).with_suffix("").parts[1:])
-        for path in sources()
-        if path.startswith("mnist_lab/")
-    }
+    core = [path for path in sources() if path.startswith("mnist_lab/")]
+    known = {dotted(path) for path in core}
     for path, tree in sources().items():
-        if not path.startswith("mnist_lab/"):
+        if path not in core:
             continue
-        name = ".".join(Path(path).with_suffix("").parts[1:])
         edges = set()
         for module, names in imports(tree):
             if module != "mnist_lab" and not module.startswith("mnist_lab."):
                 continue
             base = module.removeprefix("mnist_lab").lstrip(".")
-            for target in [f"{base}.{n}".lstrip(".") for n in names] or [base]:
-                edges.add(target if target in known else base)
-        graph[name] = {e for e in edges if e in known} - {name}
+            edges.add(base)
+            edges.update(f"{base}.{n}".lstrip(".") for n in names)
+        graph[dotted(path)] = {e for e in edges if e in known} - {dotted(path)}
     return graph
 
 
