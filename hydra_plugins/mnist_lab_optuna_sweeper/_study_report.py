@@ -17,7 +17,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lab.job import atomic_write_text, display_url, read_record
+from mnist_lab.job import atomic_write_text, display_url, evaluate_command, read_record
 
 from ._search_space import shell_quote
 from ._telling import params_text
@@ -50,14 +50,6 @@ def saved_weights(trial: FrozenTrial) -> str | None:
     return str(Path(run_dir) / name) if name else None
 
 
-def evaluate_command(trial: FrozenTrial) -> str | None:
-    """`python experiments/evaluate.py RUN_DIR`, when the task's entry point has that sibling."""
-    evaluate = Path(sys.argv[0] or "experiments/run.py").with_name("evaluate.py")
-    if not evaluate.is_file():
-        return None
-    return " ".join(map(shell_quote, ["python", str(evaluate), trial.user_attrs["run_dir"]]))
-
-
 def describe(trial: FrozenTrial, config: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"number": trial.number}
     if len(trial.values or []) > 1:
@@ -72,7 +64,7 @@ def describe(trial: FrozenTrial, config: DictConfig) -> dict[str, Any]:
     weights = saved_weights(trial)
     if weights:
         out["weights"] = weights
-        out["evaluate"] = evaluate_command(trial)
+        out["evaluate"] = evaluate_command(trial.user_attrs["run_dir"])
     return out
 
 

@@ -19,7 +19,7 @@ from mnist_lab.job.optuna_study import (
     reaching,
     sqlite_path,
 )
-from mnist_lab.job.task import Job, is_project_task, run_jobs
+from mnist_lab.job.task import Job, evaluate_command, is_project_task, run_jobs
 from mnist_lab.job.worker_share import WORKER_ENV, check_devices
 from mnist_lab.records.files import atomic_write_text
 from mnist_lab.records.objective import Objective
@@ -40,6 +40,7 @@ __all__ = [
     "capacity",
     "check_devices",
     "display_url",
+    "evaluate_command",
     "from_config",
     "group_key",
     "hide_password",

@@ -222,11 +222,19 @@ def where_it_is(run_dir: Path, weights: dict, metric: str, setting: str) -> str:
             f"{os.path.join(folder, final)} (last epoch)"
         )
     lines = [f"run folder: {folder} (result.json, metrics.csv, run.log)", f"weights: {saved}"]
-    evaluate = Path(sys.argv[0] or "experiments/run.py").with_name("evaluate.py")
-    if (best or final) and evaluate.is_file():
-        command = ["python", _shown(evaluate.resolve()), folder]
-        lines.append(f"evaluate: {' '.join(shlex.quote(part) for part in command)}")
+    command = evaluate_command(folder) if best or final else None
+    if command:
+        lines.append(f"evaluate: {command}")
     return "\n".join(lines)
+
+
+def evaluate_command(run_dir: str) -> str | None:
+    """`python experiments/evaluate.py RUN_DIR`, when the task's entry point has that sibling: a
+    single run's last line, and a study's report of its best trial."""
+    evaluate = Path(sys.argv[0] or "experiments/run.py").with_name("evaluate.py")
+    if not evaluate.is_file():
+        return None
+    return shlex.join(["python", _shown(evaluate.resolve()), run_dir])
 
 
 def _unwritable(multirun: bool, error: OutputError):
