@@ -41,6 +41,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 REPO = REPO_ROOT
 CONF_DIR = REPO / "conf"
 RUN_PY = REPO / "experiments" / "run.py"
+# metrics.csv of a run with the evaluation's default metrics (mnist_lab.train.evaluation)
+METRICS_COLUMNS = (
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "seconds",
+)
 # MNIST's shapes (conf/data/mnist.yaml), for models and data the tests make without files.
 IN_FEATURES, N_CLASSES = 28 * 28, 10
 
@@ -256,3 +268,26 @@ def autograd_learner(model, lr, epochs, steps, max_norm=None, label_smoothing=0.
     """Plain SGD at a constant `lr` for `epochs` x `steps` steps, through autograd."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     return AutogradLearner(model, optimizer, [lr] * epochs * steps, max_norm, label_smoothing)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder nothing can be written to: a read-only tmpfs where this process may
+    mount one (root, as in CI, whom file modes do not stop), else a folder without write
+    permission; skipped with the reason where root cannot mount."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

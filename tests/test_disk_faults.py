@@ -89,26 +89,6 @@ def test_output_folder_that_cannot_be_created(run_cli, tmp_path):
     assert proc.output.strip() == f"cannot write {blocker}/run: Not a directory"
 
 
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """An existing folder nobody may write: read-only by mode, or for root (whom modes do not
-    stop) a read-only bind mount; skipped with the reason where neither is possible."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    for args in (["--bind", folder, folder], ["-o", "remount,ro,bind", folder]):
-        mount = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
-        if mount.returncode != 0:
-            subprocess.run(["umount", str(folder)], capture_output=True)
-            pytest.skip(f"cannot make a read-only folder as root here ({mount.stderr.strip()})")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_single_run_into_a_read_only_folder(cli_main, read_only_folder):
     code, output = cli_main(*QUICK, f"hydra.run.dir={read_only_folder}")
     assert code == 2 and "Traceback" not in output, output

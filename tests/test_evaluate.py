@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import zlib
-from pathlib import Path
 
 import optuna
 import pytest
@@ -205,30 +202,6 @@ def huge_png(path, width=14_000, height=14_000):
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
     path.write_bytes(png + chunk(b"IEND", b""))
     return path
-
-
-@pytest.fixture
-def read_only_folder():
-    """A folder nothing can be written to: a read-only tmpfs where this process may mount one
-    (root, as in CI), else a folder without write permission."""
-    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-ro-"))
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        folder.rmdir()
-        return
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:  # root without the right to mount: root writes anywhere else
-        folder.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()})")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-    folder.rmdir()
 
 
 @pytest.mark.parametrize(

@@ -9,25 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import torch
+from conftest import METRICS_COLUMNS
 from omegaconf import OmegaConf
 from PIL import Image
 
 from mnist_lab.config.schema import REPO_ROOT
 from mnist_lab.job.task import where_it_is
-
-# metrics.csv of a run with the evaluation's default metrics (mnist_lab.train.evaluation)
-METRICS_COLUMNS = (
-    "epoch",
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "test/loss",
-    "test/acc",
-    "lr",
-    "seconds",
-)
-
 
 QUICK = ["epochs=1", "data.train_subset=2000", "trainer.device=cpu"]
 # Measured on CPU with seed 0: 1 epoch of the default recipe on 10,000 images gives test accuracy

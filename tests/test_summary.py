@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra.utils
 import pandas as pd
 import pytest
+from conftest import METRICS_COLUMNS
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -32,19 +33,6 @@ from mnist_lab.records import files, reading
 from mnist_lab.results import summary
 from mnist_lab.results.columns import typed
 from mnist_lab.results.summary import SummaryError, summarize
-
-# metrics.csv of a run with the evaluation's default metrics (mnist_lab.train.evaluation)
-METRICS_COLUMNS = (
-    "epoch",
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "test/loss",
-    "test/acc",
-    "lr",
-    "seconds",
-)
 
 SUMMARIZE_PY = REPO_ROOT / "experiments" / "summarize.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -894,28 +882,6 @@ def test_cli_bad_input_is_one_line_exit_2(lab, tmp_path, args, says):
     assert last.startswith("summarize: error: ") and says in last and len(last) < 200
     assert proc.stderr.count("summarize: error") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder nobody can write into: a read-only tmpfs for root (who ignores modes), else
-    mode 555; skipped with the reason where root cannot mount one."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()})")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_cli_out_that_cannot_be_written_is_one_line_exit_2(lab, tmp_path, read_only_folder):
