@@ -385,7 +385,7 @@ def grid_markdown(runs, parts: list[Section], metric: str, *, k, target, where, 
         "columns; what every run shares beyond the default config is listed above the table. "
         "n: distinct seeds of one recipe; mean ± std [Student t 95% confidence interval of the "
         f"mean] from two seeds on. {BEST_MARK}: the best row on the section's objective (final "
-        f"val/acc, maximised, unless its runs' config.objective says otherwise); "
+        f"{DEFAULT_OBJECTIVE}, unless its runs' config.objective says otherwise); "
         f"{metric_label(metric)} is reported beside it, never used to choose. "
         f"vs {BEST_MARK}: Welch's t-test (two-sided) of the objective over seeds against the "
         f"{BEST_MARK} row, {TIE_MARK} when it cannot tell them apart at 95% (p ≥ {ALPHA:g}). "

@@ -30,6 +30,7 @@ from mnist_lab.models.build import build_model
 from mnist_lab.records.format import RESULT_FILE
 from mnist_lab.records.reading import read_record
 from mnist_lab.saved.targets import check_targets
+from mnist_lab.train import evaluation
 
 WHICH = ("best", "final")
 
@@ -53,9 +54,10 @@ class SavedRun:
         return self.record["best"]["epoch"] if self.which == "best" else self.record["epochs_run"]
 
     def recorded(self) -> dict:
-        """The record's figures for these weights (val/test loss and accuracy; None if absent)."""
+        """The record's figures for these weights: every metric the evaluation measures on
+        every split (None where the record has none)."""
         section = self.record.get(self.which) or {}
-        return {k: section.get(k) for k in ("val/loss", "val/acc", "test/loss", "test/acc")}
+        return {k: section.get(k) for k in evaluation.keys()}
 
 
 # Config groups whose choice selects a schema; presets and searches are already in `config`.
